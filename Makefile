@@ -1,0 +1,53 @@
+# Influgen video generation. `make run` and `make test` are the two commands you need.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: run up down status test test-unit test-integration test-e2e lint bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+## everything, in the foreground: stack, demo workspace and video; Ctrl-C stops all
+run: $(STAMP)
+	$(PY) -m devstack.stack run
+
+## the same stack in the background
+up: $(STAMP)
+	$(PY) -m devstack.stack up
+
+down: $(STAMP)
+	$(PY) -m devstack.stack down
+
+status: $(STAMP)
+	$(PY) -m devstack.stack status
+
+## lint, types, then the whole suite against a real Kafka and PostgreSQL it starts itself
+test: lint
+	$(PY) -m pytest -q tests
+
+test-unit: $(STAMP)
+	$(PY) -m pytest -q tests/unit
+
+test-integration: $(STAMP)
+	$(PY) -m pytest -q tests/integration
+
+test-e2e: $(STAMP)
+	$(PY) -m pytest -q tests/e2e
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m mypy
+
+bench: $(STAMP)
+	$(PY) -m bench
+
+clean:
+	rm -rf .run .pytest_cache .mypy_cache .ruff_cache

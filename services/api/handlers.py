@@ -1,0 +1,153 @@
+"""Use cases of the intake service, one function each. HTTP views and the Kafka consumer
+call these; neither holds SQL or business rules."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+from uuid import UUID, uuid4
+
+import asyncpg
+
+from services.api import repository as repo
+from services.api.auth import hash_key, new_api_key
+from services.api.scene import scene_feedback
+from services.api.validation import ValidRequest, planned_at, validate_request
+from shared import outbox
+from shared.catalog import Catalog
+from shared.events import TOPIC_JOBS, FieldError, JobSpec, VideoJobQueued, VideoResource, utcnow
+from shared.videos import fetch_video
+
+
+class NotFound(Exception):
+    pass
+
+
+class CharacterNotFound(Exception):
+    def __init__(self) -> None:
+        super().__init__("no such character in this workspace")
+        self.errors = [FieldError(field="character_id", message="no such character in this workspace")]
+
+
+class InsufficientCredits(Exception):
+    def __init__(self, quote: int, available: int) -> None:
+        super().__init__(f"this request costs {quote} credits; {available} are available")
+        self.quote = quote
+        self.available = available
+
+
+@dataclass(frozen=True)
+class Workspace:
+    id: UUID
+    name: str
+    sandbox: bool
+
+
+@dataclass(frozen=True)
+class IntakeDeps:
+    pool: asyncpg.Pool
+    catalog: Catalog
+    job_deadline: timedelta
+
+
+async def create_workspace(
+    pool: asyncpg.Pool, *, name: str, credits: int, sandbox: bool
+) -> dict[str, Any]:
+    key = new_api_key()
+    async with pool.acquire() as conn, conn.transaction():
+        row = await repo.insert_workspace(
+            conn, id=uuid4(), name=name, key_hash=hash_key(key), sandbox=sandbox
+        )
+        if credits:
+            await repo.grant(conn, workspace_id=row["id"], amount=credits, reason="initial grant")
+    return {
+        "id": str(row["id"]),
+        "name": row["name"],
+        "api_key": key,
+        "credits_balance": credits,
+        "sandbox": row["sandbox"],
+    }
+
+
+async def authenticate(pool: asyncpg.Pool, api_key: str) -> Workspace | None:
+    async with pool.acquire() as conn:
+        row = await repo.workspace_by_key(conn, key_hash=hash_key(api_key))
+    return Workspace(id=row["id"], name=row["name"], sandbox=row["sandbox"]) if row else None
+
+
+async def workspace_by_id(pool: asyncpg.Pool, workspace_id: UUID) -> Workspace | None:
+    async with pool.acquire() as conn:
+        row = await conn.fetchrow("SELECT * FROM workspaces WHERE id = $1", workspace_id)
+    return Workspace(id=row["id"], name=row["name"], sandbox=row["sandbox"]) if row else None
+
+
+def judge(body: object, catalog: Catalog) -> ValidRequest:
+    """Validate a request body (raises RequestInvalid with every error)."""
+    return validate_request(body, catalog)
+
+
+def dry_run(valid: ValidRequest) -> dict[str, Any]:
+    req = valid.request
+    return {
+        "valid": True,
+        "request": {
+            **req.model_dump(mode="json"),
+            "type": valid.type,
+            "model_id": valid.model.id,
+        },
+        "credits": {"quoted": valid.quote},
+        "scene_feedback": scene_feedback(req.scene_description).model_dump(),
+    }
+
+
+async def create_video(
+    deps: IntakeDeps, workspace: Workspace, valid: ValidRequest, *, source: str,
+    conn: asyncpg.Connection,
+) -> VideoResource:
+    """Create the content item, its job, the credit reservation and the job event in the
+    caller's transaction (`conn` must be inside one)."""
+    req = valid.request
+    character = await repo.character(conn, id=req.character_id, workspace_id=workspace.id)
+    if character is None:
+        raise CharacterNotFound()
+    video_id, job_id = uuid4(), uuid4()
+    quote = valid.quote
+    held = await repo.reserve(conn, workspace_id=workspace.id, job_id=job_id, amount=quote)
+    if not held["ok"]:
+        raise InsufficientCredits(quote, int(held["available"]))
+    renderer = deps.catalog.by_provider("sandbox") if workspace.sandbox else valid.model
+    assert renderer is not None, "the catalog has no sandbox model"
+    tier = req.quality_tier if req.quality_tier in renderer.tiers else next(iter(renderer.tiers))
+    width, height = renderer.frame_size(tier, req.aspect_ratio)
+    now = utcnow()
+    deadline = now + deps.job_deadline
+    await repo.insert_video(
+        conn,
+        id=video_id, workspace_id=workspace.id, character_id=req.character_id, status="queued",
+        platform=req.platform, type=valid.type, scene_description=req.scene_description,
+        planned_date=req.planned_date, planned_at=planned_at(req.planned_date),
+        caption=req.caption, hashtags=req.hashtags, cta=req.cta,
+        duration_seconds=req.duration_seconds, aspect_ratio=req.aspect_ratio,
+        model_id=valid.model.id, quality_tier=req.quality_tier,
+        scene_feedback=scene_feedback(req.scene_description).model_dump(),
+        credits_quoted=quote, request_source=source, created_at=now, updated_at=now,
+    )
+    await repo.insert_job(
+        conn, id=job_id, video_id=video_id, workspace_id=workspace.id,
+        provider=renderer.provider, deadline_at=deadline,
+    )
+    spec = JobSpec(
+        job_id=job_id, video_id=video_id, provider=renderer.provider, model_id=valid.model.id,
+        provider_model=renderer.provider_model, quality_tier=req.quality_tier,
+        width=width, height=height, fps=renderer.fps, duration_seconds=req.duration_seconds,
+        aspect_ratio=req.aspect_ratio, platform=req.platform, type=valid.type,
+        scene_description=req.scene_description, character_id=req.character_id,
+        character_name=character["name"], reference_image_url=character["reference_image_url"],
+        deadline_at=deadline,
+    )
+    event = VideoJobQueued(workspace_id=workspace.id, correlation_id=str(video_id), job=spec)
+    await outbox.enqueue(conn, topic=TOPIC_JOBS, key=str(video_id), event=event)
+    resource = await fetch_video(conn, video_id)
+    assert resource is not None
+    return resource

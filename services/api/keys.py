@@ -1,0 +1,21 @@
+"""Typed application keys of the api's aiohttp app."""
+
+from __future__ import annotations
+
+import asyncpg
+from aiohttp import web
+from faststream.kafka import KafkaBroker
+
+from services.api.handlers import IntakeDeps, Workspace
+from services.api.settings import ApiSettings
+
+SETTINGS = web.AppKey("settings", ApiSettings)
+POOL = web.AppKey("pool", asyncpg.Pool)
+DEPS = web.AppKey("deps", IntakeDeps)
+BROKER = web.AppKey("broker", KafkaBroker)
+WORKSPACE_KEY = "workspace"
+
+
+def workspace_of(request: web.Request) -> Workspace:
+    ws: Workspace = request[WORKSPACE_KEY]
+    return ws

@@ -1,0 +1,78 @@
+"""Composition root of the intake service: settings, pool, broker, relay, HTTP app."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+
+import asyncpg
+from aiohttp import web
+from faststream.kafka import KafkaBroker
+
+from services.api.handlers import IntakeDeps
+from services.api.keys import BROKER, DEPS, POOL, SETTINGS
+from services.api.routes import errors_and_auth, routes
+from services.api.settings import ApiSettings
+from shared.catalog import Catalog
+from shared.db import create_pool, migrate
+from shared.kafka import make_broker
+from shared.outbox import OutboxRelay
+from shared.runtime import cancel, configure_logging, wait_for_stop_signal
+
+log = logging.getLogger("influgen.api")
+
+
+def build_app(settings: ApiSettings, pool: asyncpg.Pool, broker: KafkaBroker) -> web.Application:
+    """The aiohttp application; resources are opened by the caller and handed in."""
+    app = web.Application(
+        middlewares=[errors_and_auth], client_max_size=settings.max_body_bytes
+    )
+    app[SETTINGS] = settings
+    app[POOL] = pool
+    app[BROKER] = broker
+    app[DEPS] = IntakeDeps(
+        pool=pool,
+        catalog=Catalog.load(settings.catalog_path),
+        job_deadline=timedelta(seconds=settings.job_deadline_seconds),
+    )
+    app.add_routes(routes)
+    settings.media_dir.mkdir(parents=True, exist_ok=True)
+    app.router.add_static("/media/", settings.media_dir, follow_symlinks=False)
+    return app
+
+
+async def serve(settings: ApiSettings) -> None:
+    await migrate(settings.database_url)
+    pool = await create_pool(
+        settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max
+    )
+    broker = make_broker(settings.kafka_bootstrap_servers, "influgen-api")
+    await broker.start()
+    relay = OutboxRelay(
+        dsn=settings.database_url, bootstrap_servers=settings.kafka_bootstrap_servers
+    )
+    relay_task = asyncio.create_task(relay.run(), name="outbox-relay")
+    runner = web.AppRunner(build_app(settings, pool, broker), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.api_host, settings.api_port, reuse_address=True)
+    await site.start()
+    log.info("api listening on http://%s:%d", settings.api_host, settings.api_port)
+    try:
+        await wait_for_stop_signal()
+    finally:
+        log.info("api stopping")
+        await runner.cleanup()
+        await cancel(relay_task)
+        await broker.stop()
+        await pool.close()
+
+
+def main() -> None:
+    settings = ApiSettings()
+    configure_logging(settings.log_level, "api")
+    asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""SQL of the intake service. Functions take a connection and keyword-only arguments; the
+caller owns the transaction."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+
+async def insert_workspace(
+    conn: asyncpg.Connection, *, id: UUID, name: str, key_hash: bytes, sandbox: bool
+) -> asyncpg.Record:
+    row: asyncpg.Record = await conn.fetchrow(
+        "INSERT INTO workspaces (id, name, api_key_hash, sandbox) VALUES ($1, $2, $3, $4)"
+        " RETURNING *",
+        id, name, key_hash, sandbox,
+    )
+    return row
+
+
+async def workspace_by_key(conn: asyncpg.Connection, *, key_hash: bytes) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await conn.fetchrow(
+        "SELECT * FROM workspaces WHERE api_key_hash = $1", key_hash
+    )
+    return row
+
+
+async def grant(conn: asyncpg.Connection, *, workspace_id: UUID, amount: int, reason: str) -> bool:
+    row = await conn.fetchrow(
+        "UPDATE workspaces SET credits_balance = credits_balance + $2 WHERE id = $1 RETURNING id",
+        workspace_id, amount,
+    )
+    if row is None:
+        return False
+    await conn.execute(
+        "INSERT INTO credit_ledger (workspace_id, kind, amount, reason) VALUES ($1, 'grant', $2, $3)",
+        workspace_id, amount, reason,
+    )
+    return True
+
+
+async def reserve(
+    conn: asyncpg.Connection, *, workspace_id: UUID, job_id: UUID, amount: int
+) -> asyncpg.Record:
+    """Hold `amount` credits; returns the workspace row with `ok` false when short."""
+    row: asyncpg.Record = await conn.fetchrow(
+        """
+        WITH upd AS (
+            UPDATE workspaces SET credits_reserved = credits_reserved + $2
+             WHERE id = $1 AND credits_balance - credits_reserved >= $2
+         RETURNING credits_balance, credits_reserved)
+        SELECT (SELECT count(*) FROM upd) = 1 AS ok,
+               w.credits_balance - w.credits_reserved AS available
+          FROM workspaces w WHERE w.id = $1
+        """,
+        workspace_id, amount,
+    )
+    if row["ok"]:
+        await conn.execute(
+            "INSERT INTO credit_ledger (workspace_id, kind, amount, job_id, reason)"
+            " VALUES ($1, 'reserve', $2, $3, 'video request')",
+            workspace_id, amount, job_id,
+        )
+    return row
+
+
+async def credits(conn: asyncpg.Connection, *, workspace_id: UUID, limit: int) -> dict[str, Any]:
+    ws = await conn.fetchrow(
+        "SELECT credits_balance, credits_reserved FROM workspaces WHERE id = $1", workspace_id
+    )
+    ledger = await conn.fetch(
+        "SELECT id, kind, amount, job_id, reason, created_at FROM credit_ledger"
+        " WHERE workspace_id = $1 ORDER BY id DESC LIMIT $2",
+        workspace_id, limit,
+    )
+    return {
+        "balance": ws["credits_balance"],
+        "reserved": ws["credits_reserved"],
+        "available": ws["credits_balance"] - ws["credits_reserved"],
+        "ledger": [dict(r) for r in ledger],
+    }
+
+
+async def insert_character(
+    conn: asyncpg.Connection, *, id: UUID, workspace_id: UUID, name: str, review_mode: str,
+    reference_image_url: str | None,
+) -> asyncpg.Record:
+    row: asyncpg.Record = await conn.fetchrow(
+        "INSERT INTO characters (id, workspace_id, name, review_mode, reference_image_url)"
+        " VALUES ($1, $2, $3, $4, $5) RETURNING *",
+        id, workspace_id, name, review_mode, reference_image_url,
+    )
+    return row
+
+
+async def character(
+    conn: asyncpg.Connection, *, id: UUID, workspace_id: UUID
+) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await conn.fetchrow(
+        "SELECT * FROM characters WHERE id = $1 AND workspace_id = $2", id, workspace_id
+    )
+    return row
+
+
+async def characters(conn: asyncpg.Connection, *, workspace_id: UUID) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "SELECT * FROM characters WHERE workspace_id = $1 ORDER BY created_at, id", workspace_id
+    )
+    return rows
+
+
+async def update_character(
+    conn: asyncpg.Connection, *, id: UUID, workspace_id: UUID, changes: dict[str, Any]
+) -> asyncpg.Record | None:
+    allowed = {"name", "review_mode", "reference_image_url"}
+    cols = [c for c in changes if c in allowed]
+    sets = ", ".join(f"{c} = ${i + 3}" for i, c in enumerate(cols))
+    row: asyncpg.Record | None = await conn.fetchrow(
+        f"UPDATE characters SET {sets + ', ' if sets else ''}updated_at = now()"
+        " WHERE id = $1 AND workspace_id = $2 RETURNING *",
+        id, workspace_id, *[changes[c] for c in cols],
+    )
+    return row
+
+
+async def insert_video(conn: asyncpg.Connection, **cols: Any) -> None:
+    names = ", ".join(cols)
+    params = ", ".join(f"${i + 1}" for i in range(len(cols)))
+    await conn.execute(f"INSERT INTO videos ({names}) VALUES ({params})", *cols.values())
+
+
+async def insert_job(
+    conn: asyncpg.Connection, *, id: UUID, video_id: UUID, workspace_id: UUID, provider: str,
+    deadline_at: datetime,
+) -> None:
+    await conn.execute(
+        "INSERT INTO jobs (id, video_id, workspace_id, state, provider, deadline_at)"
+        " VALUES ($1, $2, $3, 'queued', $4, $5)",
+        id, video_id, workspace_id, provider, deadline_at,
+    )

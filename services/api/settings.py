@@ -1,0 +1,15 @@
+from __future__ import annotations
+
+from pydantic import SecretStr
+
+from shared.settings import CommonSettings
+
+
+class ApiSettings(CommonSettings):
+    api_host: str = "127.0.0.1"
+    api_port: int = 8080
+    admin_token: SecretStr = SecretStr("")
+    #: A job not finished this long after it was queued fails with deadline_exceeded.
+    job_deadline_seconds: int = 1800
+    consumer_group: str = "influgen-api"
+    max_body_bytes: int = 1024 * 1024

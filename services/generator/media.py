@@ -1,0 +1,68 @@
+"""The media store port and its local-directory adapter, and the output checks."""
+
+from __future__ import annotations
+
+import abc
+import shutil
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+
+
+class MediaStore(abc.ABC):
+    """Permanent storage for outputs; an object store can implement this later."""
+
+    @abc.abstractmethod
+    def put(self, source: Path, key: str) -> str:
+        """Store `source` under `key`; return its absolute, lasting URL."""
+
+
+class LocalMediaStore(MediaStore):
+    """Files under a directory that the api serves at `/media/`."""
+
+    def __init__(self, root: Path, public_url: str) -> None:
+        self._root = root
+        self._base = public_url.rstrip("/") + "/media/"
+
+    def put(self, source: Path, key: str) -> str:
+        target = self._root / key
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(target.suffix + ".part")
+        shutil.copyfile(source, tmp)
+        tmp.replace(target)  # atomic: a reader never sees half a file
+        return self._base + key
+
+
+@dataclass(frozen=True)
+class Probe:
+    width: int
+    height: int
+    frames: int
+    duration_seconds: float
+    codec: str
+
+
+def probe(path: Path) -> Probe:
+    """Decode the container's header and count the frames by demuxing (no decoding)."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        frames = sum(1 for p in container.demux(stream) if p.size > 0)
+        rate = stream.average_rate or stream.guessed_rate or Fraction(1)
+        return Probe(
+            width=stream.codec_context.width,
+            height=stream.codec_context.height,
+            frames=frames,
+            duration_seconds=float(frames / rate),
+            codec=stream.codec_context.name,
+        )
+
+
+def mismatch(found: Probe, *, width: int, height: int, duration_seconds: int) -> str | None:
+    """Why the output does not match the request, or None when it does."""
+    if (found.width, found.height) != (width, height):
+        return f"frame size {found.width}x{found.height}, requested {width}x{height}"
+    if abs(found.duration_seconds - duration_seconds) > 0.5:
+        return f"duration {found.duration_seconds:.2f}s, requested {duration_seconds}s"
+    return None

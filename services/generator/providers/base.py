@@ -1,0 +1,52 @@
+"""The provider port: what the generator needs from anything that makes a video."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from pathlib import Path
+
+from shared.events import JobSpec
+
+
+class ProviderError(Exception):
+    """A provider failure with a stable code; `retryable` says whether trying again helps."""
+
+    def __init__(self, code: str, message: str, *, retryable: bool,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class Output:
+    """Files the provider produced, in a scratch directory the generator owns."""
+
+    video: Path
+    thumbnail: Path | None
+
+
+class JobHandle(abc.ABC):
+    """What a provider may tell the generator while it works."""
+
+    @abc.abstractmethod
+    async def progress(self, percent: int) -> None: ...
+
+    @abc.abstractmethod
+    async def remember_provider_job(self, provider_job_id: str) -> None:
+        """Persist the provider's id before waiting on it, so a restart resumes, not resubmits."""
+
+    @property
+    @abc.abstractmethod
+    def provider_job_id(self) -> str | None: ...
+
+
+class Provider(abc.ABC):
+    name: str
+
+    @abc.abstractmethod
+    async def generate(self, spec: JobSpec, job: JobHandle, workdir: Path) -> Output:
+        """Produce the video (and a thumbnail if the provider makes one) under `workdir`."""

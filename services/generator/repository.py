@@ -1,0 +1,118 @@
+"""SQL of the generator: jobs are claimed with leases, so several processes share them and
+the jobs of a dead process are taken over when its lease runs out."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from shared.events import JobSpec
+
+_TERMINAL = ("succeeded", "failed", "canceled")
+
+
+async def accept(conn: asyncpg.Connection, *, spec: JobSpec) -> bool:
+    """Record the job event's spec; the job becomes claimable. False if already accepted."""
+    row = await conn.fetchrow(
+        "UPDATE jobs SET spec = $2, accepted_at = now(), updated_at = now()"
+        " WHERE id = $1 AND accepted_at IS NULL RETURNING id",
+        spec.job_id, spec.model_dump(mode="json"),
+    )
+    return row is not None
+
+
+async def claim(
+    pool: asyncpg.Pool, *, owner: str, limit: int, lease_seconds: float
+) -> list[asyncpg.Record]:
+    """Take up to `limit` runnable jobs: queued ones, and active ones whose lease expired."""
+    async with pool.acquire() as conn, conn.transaction():
+        rows: list[asyncpg.Record] = await conn.fetch(
+            """
+            WITH picked AS (
+                SELECT id FROM jobs
+                 WHERE accepted_at IS NOT NULL AND (
+                       (state = 'queued' AND (next_attempt_at IS NULL OR next_attempt_at <= now()))
+                    OR (state IN ('submitted', 'running') AND lease_expires_at < now()))
+                 ORDER BY created_at
+                 LIMIT $3
+                 FOR UPDATE SKIP LOCKED)
+            UPDATE jobs j
+               SET lease_owner = $1,
+                   lease_expires_at = now() + make_interval(secs => $2),
+                   state = CASE WHEN j.state = 'queued' THEN 'submitted' ELSE j.state END,
+                   attempts = j.attempts + 1,
+                   updated_at = now()
+              FROM picked WHERE j.id = picked.id
+            RETURNING j.id, j.spec, j.state, j.attempts, j.provider_job_id, j.deadline_at,
+                      j.cancel_requested
+            """,
+            owner, lease_seconds, limit,
+        )
+        if rows:
+            await conn.execute(
+                "UPDATE videos SET status = 'generating', updated_at = now()"
+                " WHERE id IN (SELECT video_id FROM jobs WHERE id = any($1::uuid[]))"
+                " AND status = 'queued'",
+                [r["id"] for r in rows],
+            )
+        return rows
+
+
+async def renew(
+    conn: asyncpg.Connection, *, job_id: UUID, owner: str, lease_seconds: float,
+    progress: int | None = None, state: str | None = None,
+) -> asyncpg.Record | None:
+    """Extend the lease (and record progress); None when the lease was lost."""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        """
+        UPDATE jobs SET lease_expires_at = now() + make_interval(secs => $3),
+                        progress = GREATEST(progress, COALESCE($4, progress)),
+                        state = COALESCE($5, state), updated_at = now()
+         WHERE id = $1 AND lease_owner = $2 AND state IN ('submitted', 'running')
+        RETURNING cancel_requested
+        """,
+        job_id, owner, lease_seconds, progress, state,
+    )
+    return row
+
+
+async def set_provider_job(
+    conn: asyncpg.Connection, *, job_id: UUID, owner: str, provider_job_id: str
+) -> None:
+    await conn.execute(
+        "UPDATE jobs SET provider_job_id = $3, updated_at = now()"
+        " WHERE id = $1 AND lease_owner = $2",
+        job_id, owner, provider_job_id,
+    )
+
+
+async def finish(
+    conn: asyncpg.Connection, *, job_id: UUID, owner: str, state: str,
+    error: dict[str, Any] | None = None,
+) -> bool:
+    """Move the job to a terminal state if this process still holds it."""
+    row = await conn.fetchrow(
+        """
+        UPDATE jobs SET state = $3, error = $4, finished_at = now(), updated_at = now(),
+                        progress = CASE WHEN $3 = 'succeeded' THEN 100 ELSE progress END,
+                        lease_owner = NULL, lease_expires_at = NULL
+         WHERE id = $1 AND lease_owner = $2 AND state IN ('submitted', 'running')
+        RETURNING id
+        """,
+        job_id, owner, state, error,
+    )
+    return row is not None
+
+
+async def release(conn: asyncpg.Connection, *, job_id: UUID, owner: str, delay: float) -> None:
+    """Give the job back to the queue to retry after `delay` seconds."""
+    await conn.execute(
+        """
+        UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_expires_at = NULL,
+                        next_attempt_at = now() + make_interval(secs => $3), updated_at = now()
+         WHERE id = $1 AND lease_owner = $2
+        """,
+        job_id, owner, delay,
+    )

@@ -1,0 +1,227 @@
+"""The message contract: every Kafka topic and every event payload, in one module.
+
+Services import these models; nobody redefines a payload. Events are past-tense, flat and
+carry no behaviour. Every message has the envelope fields of SPEC section 7.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+from uuid import UUID, uuid4
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
+
+TOPIC_REQUESTED = "influgen.video.requested.v1"
+TOPIC_REJECTED = "influgen.video.rejected.v1"
+TOPIC_JOBS = "influgen.video.jobs.v1"
+TOPIC_GENERATED = "influgen.video.generated.v1"
+TOPIC_COMPLETED = "influgen.video.completed.v1"
+TOPIC_DLQ = "influgen.video.dlq.v1"
+ALL_TOPICS = (
+    TOPIC_REQUESTED, TOPIC_REJECTED, TOPIC_JOBS, TOPIC_GENERATED, TOPIC_COMPLETED, TOPIC_DLQ,
+)
+
+Platform = Literal["instagram", "tiktok", "youtube"]
+VideoType = Literal["reel", "story", "short"]
+AspectRatio = Literal["9:16", "1:1", "16:9"]
+QualityTier = Literal["draft", "standard", "premium"]
+ReviewMode = Literal["manual", "autopilot"]
+VideoStatus = Literal["queued", "generating", "ready", "approved", "rejected", "failed", "canceled"]
+ReviewState = Literal["ready", "approved", "rejected"]
+JobState = Literal["queued", "submitted", "running", "succeeded", "failed", "canceled"]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class FieldError(Frozen):
+    field: str
+    message: str
+
+
+class JobError(Frozen):
+    code: str
+    message: str
+    retryable: bool
+
+
+class Media(Frozen):
+    video_url: str
+    thumbnail_url: str
+    duration_seconds: float
+    aspect_ratio: AspectRatio
+    width: int
+    height: int
+
+
+class Envelope(Frozen):
+    event_id: UUID = Field(default_factory=uuid4)
+    event_type: str
+    schema_version: int = 1
+    occurred_at: datetime = Field(default_factory=utcnow)
+    workspace_id: UUID
+    correlation_id: str
+
+
+# --- influgen.video.requested.v1 (upstream systems -> api) -------------------------------
+
+class VideoRequested(Frozen):
+    """A request event. Its section-2 fields are validated by the api with the same code as
+    `POST /v1/videos`; this model only fixes the envelope. Unknown fields are judged there."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    event_id: UUID = Field(default_factory=uuid4)
+    event_type: Literal["video.requested"] = "video.requested"
+    schema_version: int = 1
+    occurred_at: datetime = Field(default_factory=utcnow)
+    workspace_id: UUID
+    correlation_id: str | None = None
+    request_id: Annotated[str, Field(min_length=1, max_length=200)]
+
+
+# --- influgen.video.rejected.v1 (api) -----------------------------------------------------
+
+class VideoRequestRejected(Envelope):
+    event_type: Literal["video.rejected"] = "video.rejected"
+    request_id: str
+    errors: list[FieldError]
+
+
+# --- influgen.video.jobs.v1 (api -> generator) ---------------------------------------------
+
+class JobSpec(Frozen):
+    """Everything the generator needs to produce one video."""
+
+    job_id: UUID
+    video_id: UUID
+    provider: str
+    model_id: str
+    provider_model: str | None = None
+    quality_tier: QualityTier
+    width: int
+    height: int
+    fps: int
+    duration_seconds: StrictInt
+    aspect_ratio: AspectRatio
+    platform: Platform
+    type: VideoType
+    scene_description: str
+    character_id: UUID
+    character_name: str
+    reference_image_url: str | None = None
+    deadline_at: datetime
+
+
+class VideoJobQueued(Envelope):
+    event_type: Literal["video.job.queued"] = "video.job.queued"
+    job: JobSpec
+
+
+# --- influgen.video.generated.v1 (generator -> finalizer) ---------------------------------
+
+class VideoGenerationSucceeded(Envelope):
+    event_type: Literal["video.generation.succeeded"] = "video.generation.succeeded"
+    job_id: UUID
+    video_id: UUID
+    provider: str
+    media: Media
+
+
+class VideoGenerationFailed(Envelope):
+    event_type: Literal["video.generation.failed"] = "video.generation.failed"
+    job_id: UUID
+    video_id: UUID
+    provider: str
+    error: JobError
+    canceled: bool = False
+
+
+GenerationEvent = Annotated[
+    VideoGenerationSucceeded | VideoGenerationFailed, Field(discriminator="event_type")
+]
+
+
+# --- influgen.video.completed.v1 (finalizer, and the api for reviews) --------------------
+
+class JobView(Frozen):
+    id: UUID
+    state: JobState
+    attempts: int
+    progress: int
+    queue_position: int | None
+    provider: str
+    error: JobError | None
+
+
+class CreditsView(Frozen):
+    quoted: int
+    reserved: int
+    charged: int | None
+
+
+class SceneFeedback(Frozen):
+    present: list[str]
+    missing: list[str]
+    hints: dict[str, str]
+
+
+class VideoResource(Frozen):
+    id: UUID
+    character_id: UUID
+    status: VideoStatus
+    review_state: ReviewState | None
+    platform: Platform
+    type: VideoType
+    scene_description: str
+    planned_date: str | None
+    caption: str | None
+    hashtags: list[str]
+    cta: str | None
+    duration_seconds: int
+    aspect_ratio: AspectRatio
+    model_id: str
+    quality_tier: QualityTier
+    job: JobView
+    media: Media | None
+    credits: CreditsView
+    scene_feedback: SceneFeedback
+    created_at: datetime
+    updated_at: datetime
+    completed_at: datetime | None
+
+
+CompletedType = Literal[
+    "video.ready", "video.approved", "video.rejected", "video.failed", "video.canceled"
+]
+
+
+class VideoCompleted(Envelope):
+    event_type: CompletedType
+    video: VideoResource
+
+
+# --- influgen.video.dlq.v1 (any consumer) --------------------------------------------------
+
+class DeadLetter(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    event_id: UUID = Field(default_factory=uuid4)
+    event_type: Literal["message.dead_lettered"] = "message.dead_lettered"
+    schema_version: int = 1
+    occurred_at: datetime = Field(default_factory=utcnow)
+    workspace_id: UUID | None = None
+    correlation_id: str | None = None
+    consumer: str
+    source_topic: str
+    partition: int
+    offset: int
+    reason: str
+    original_key_b64: str | None
+    original_value_b64: str

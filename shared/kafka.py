@@ -1,0 +1,85 @@
+"""Kafka helpers: the FastStream broker every service uses, topic creation and the DLQ."""
+
+from __future__ import annotations
+
+import base64
+import logging
+from typing import Any
+
+from faststream.kafka import KafkaBroker
+
+from shared.events import ALL_TOPICS, TOPIC_DLQ, DeadLetter
+
+log = logging.getLogger(__name__)
+
+#: Consumer options every subscriber uses. The ack policy is set per subscriber
+#: (NACK_ON_ERROR): the offset is committed only after the handler's transaction committed.
+#: Handlers only touch PostgreSQL and return in milliseconds, far below max_poll_interval_ms.
+def consumer_options(fetch_max_wait_ms: int) -> dict[str, Any]:
+    return {
+        "fetch_max_wait_ms": fetch_max_wait_ms,
+        "auto_offset_reset": "earliest",
+        "max_poll_interval_ms": 300_000,
+        "session_timeout_ms": 10_000,
+        "heartbeat_interval_ms": 2_000,
+    }
+
+
+def make_broker(bootstrap_servers: str, client_id: str) -> KafkaBroker:
+    """A FastStream broker; nothing connects until `start()`."""
+    return KafkaBroker(
+        bootstrap_servers,
+        client_id=client_id,
+        enable_idempotence=True,
+        acks="all",
+        graceful_timeout=15.0,
+        logger=logging.getLogger(f"faststream.{client_id}"),
+    )
+
+
+async def ensure_topics(bootstrap_servers: str, partitions: int = 6) -> list[str]:
+    """Create the topics of SPEC section 7 that do not exist yet; return the ones created."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=15_000)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [t for t in ALL_TOPICS if t not in existing]
+        if missing:
+            await admin.create_topics(
+                [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in missing]
+            )
+        return missing
+    finally:
+        await admin.close()
+
+
+def dead_letter(
+    *,
+    consumer: str,
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    value: bytes,
+    reason: str,
+) -> DeadLetter:
+    return DeadLetter(
+        consumer=consumer,
+        source_topic=topic,
+        partition=partition,
+        offset=offset,
+        reason=reason[:2000],
+        original_key_b64=base64.b64encode(key).decode() if key is not None else None,
+        original_value_b64=base64.b64encode(value).decode(),
+    )
+
+
+async def publish_dead_letter(broker: KafkaBroker, letter: DeadLetter, key: bytes | None) -> None:
+    """Publish to the DLQ and wait for the broker's acknowledgement."""
+    log.warning(
+        "dead-lettering %s[%d]@%d: %s",
+        letter.source_topic, letter.partition, letter.offset, letter.reason,
+    )
+    await broker.publish(letter.model_dump_json().encode(), TOPIC_DLQ, key=key)

@@ -1,0 +1,38 @@
+"""Settings: read from the environment once, by pydantic settings classes.
+
+`CommonSettings` holds what every service needs; each service subclasses it in its own
+`settings.py`. Nothing else in the code reads `os.environ`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class CommonSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="INFLUGEN_", extra="ignore")
+
+    database_url: str = Field(
+        default="postgresql://postgres@127.0.0.1:5433/influgen",
+        validation_alias=AliasChoices("DATABASE_URL", "INFLUGEN_DATABASE_URL"),
+    )
+    kafka_bootstrap_servers: str = Field(
+        default="127.0.0.1:9092",
+        validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "INFLUGEN_KAFKA_BOOTSTRAP_SERVERS"),
+    )
+    db_pool_min: int = 1
+    db_pool_max: int = 10
+    #: Public base URL of the api service; media URLs are built from it.
+    public_url: str = "http://127.0.0.1:8080"
+    media_dir: Path = ROOT / ".run" / "media"
+    catalog_path: Path = ROOT / "deploy" / "catalog.json"
+    #: How long a consumer waits for more data before answering a fetch (aiokafka's default
+    #: of 500 ms adds that much latency to every hop).
+    kafka_fetch_max_wait_ms: int = 10
+    log_level: str = "INFO"
+    instance_id: str = ""

@@ -1,0 +1,89 @@
+"""The video resource (SPEC section 6), read from the database.
+
+Used by the api for its responses and by the finalizer for the completion events, so the
+resource has one definition."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from shared.events import CreditsView, JobError, JobView, Media, SceneFeedback, VideoResource
+
+_SELECT = """
+SELECT v.*, j.id AS job_id, j.state AS job_state, j.attempts AS job_attempts,
+       j.progress AS job_progress, j.provider AS job_provider, j.error AS job_error,
+       j.created_at AS job_created_at, s.job_id IS NOT NULL AS settled,
+       CASE WHEN j.state = 'queued' THEN
+           (SELECT count(*) + 1 FROM jobs q
+             WHERE q.state = 'queued' AND (q.created_at, q.id) < (j.created_at, j.id))
+       END AS queue_position
+  FROM videos v
+  JOIN jobs j ON j.video_id = v.id
+  LEFT JOIN settlements s ON s.job_id = j.id
+"""
+
+
+def to_resource(row: Any) -> VideoResource:
+    error = row["job_error"]
+    return VideoResource(
+        id=row["id"],
+        character_id=row["character_id"],
+        status=row["status"],
+        review_state=row["review_state"],
+        platform=row["platform"],
+        type=row["type"],
+        scene_description=row["scene_description"],
+        planned_date=row["planned_date"],
+        caption=row["caption"],
+        hashtags=list(row["hashtags"]),
+        cta=row["cta"],
+        duration_seconds=row["duration_seconds"],
+        aspect_ratio=row["aspect_ratio"],
+        model_id=row["model_id"],
+        quality_tier=row["quality_tier"],
+        job=JobView(
+            id=row["job_id"],
+            state=row["job_state"],
+            attempts=row["job_attempts"],
+            progress=row["job_progress"],
+            queue_position=row["queue_position"],
+            provider=row["job_provider"],
+            error=JobError.model_validate(error) if error else None,
+        ),
+        media=Media.model_validate(row["media"]) if row["media"] else None,
+        credits=CreditsView(
+            quoted=row["credits_quoted"],
+            reserved=0 if row["settled"] else row["credits_quoted"],
+            charged=row["credits_charged"],
+        ),
+        scene_feedback=SceneFeedback.model_validate(row["scene_feedback"]),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        completed_at=row["completed_at"],
+    )
+
+
+async def fetch_video(
+    conn: asyncpg.Connection, video_id: UUID, workspace_id: UUID | None = None
+) -> VideoResource | None:
+    """The resource, or None when it does not exist (or belongs to another workspace)."""
+    if workspace_id is None:
+        row = await conn.fetchrow(_SELECT + " WHERE v.id = $1", video_id)
+    else:
+        row = await conn.fetchrow(
+            _SELECT + " WHERE v.id = $1 AND v.workspace_id = $2", video_id, workspace_id
+        )
+    return to_resource(row) if row is not None else None
+
+
+async def list_videos(
+    conn: asyncpg.Connection, where: str, args: list[Any], limit: int
+) -> list[VideoResource]:
+    rows = await conn.fetch(
+        _SELECT + f" WHERE {where} ORDER BY v.created_at DESC, v.id DESC LIMIT {int(limit)}",
+        *args,
+    )
+    return [to_resource(r) for r in rows]
