@@ -130,7 +130,9 @@ class LocalKafka:
             wait_ready(self.bootstrap, timeout, pid=proc.pid)
         except Exception as exc:
             tail = self.log_file.read_text(errors="replace")[-4000:]
-            raise RuntimeError(f"Kafka did not become ready: {exc}\n--- kafka.log ---\n{tail}")
+            raise RuntimeError(
+                f"Kafka did not become ready: {exc}\n--- kafka.log ---\n{tail}"
+            ) from exc
         return proc.pid
 
     def stop(self) -> None:
@@ -148,7 +150,11 @@ class LocalKafka:
 
 
 async def _metadata_ok(bootstrap: str) -> bool:
+    import logging
+
     from aiokafka.admin import AIOKafkaAdminClient
+
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # "Unable connect" while starting
 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
     try:

@@ -33,13 +33,15 @@ SERVICES = ("api", "generator", "finalizer")
 class Stack:
     def __init__(self, run_dir: Path, *, api_port: int = 8080, pg_port: int = 5433,
                  kafka_port: int = 9092, kafka_controller_port: int = 9093,
-                 pg_fsync: bool = True, extra_env: dict[str, str] | None = None) -> None:
+                 pg_fsync: bool = True, extra_env: dict[str, str] | None = None,
+                 database_url: str | None = None, bootstrap_servers: str | None = None) -> None:
+        """`database_url` / `bootstrap_servers`: existing servers to use instead of local ones."""
         self.run = run_dir
         self.pids = run_dir / "pids"
         self.logs = run_dir / "logs"
         self.api_port = api_port
-        self.external_db = os.environ.get("DATABASE_URL")
-        self.external_kafka = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+        self.external_db = database_url
+        self.external_kafka = bootstrap_servers
         self.postgres = EmbeddedPostgres(run_dir / "postgres", pg_port, fsync=pg_fsync)
         self.kafka = LocalKafka(run_dir / "kafka", kafka_port, kafka_controller_port,
                                 pid_path=self.pids / "kafka.pid")
@@ -238,7 +240,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devstack.stack")
     parser.add_argument("command", choices=("up", "down", "status", "run"))
     args = parser.parse_args(argv)
-    stack = Stack(ROOT / ".run")
+    stack = Stack(
+        ROOT / ".run",
+        api_port=int(os.environ.get("INFLUGEN_API_PORT", "8080")),
+        database_url=os.environ.get("DATABASE_URL") or None,
+        bootstrap_servers=os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or None,
+    )
     if args.command == "status":
         running = True
         for name, pid in stack.status().items():

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from uuid import UUID
 
-import asyncpg
+from shared.db import Conn
 
 
-async def first_delivery(conn: asyncpg.Connection, *, consumer: str, event_id: UUID) -> bool:
+async def first_delivery(conn: Conn, *, consumer: str, event_id: UUID) -> bool:
     """Record the event; False when this consumer has already processed it.
 
     Call inside the transaction that applies the event's effect."""

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 from typing import Any
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from faststream.kafka import KafkaBroker
 
 from shared.events import ALL_TOPICS, TOPIC_DLQ, DeadLetter
@@ -53,6 +55,45 @@ async def ensure_topics(bootstrap_servers: str, partitions: int = 6) -> list[str
         return missing
     finally:
         await admin.close()
+
+
+async def topic_partitions(bootstrap_servers: str, topics: list[str]) -> list[TopicPartition]:
+    """Every partition of `topics`, from a metadata request (a consumer only knows the
+    partitions of topics it subscribed to)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=15_000)
+    await admin.start()
+    try:
+        described = await admin.describe_topics(topics)
+    finally:
+        await admin.close()
+    return sorted(
+        TopicPartition(t["topic"], p["partition"])
+        for t in described if t["error_code"] == 0
+        for p in t["partitions"]
+    )
+
+
+async def read_until(
+    consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int], timeout: float = 30.0
+) -> list[Any]:
+    """Records from the consumer's current positions up to `ends` (exclusive).
+
+    Stops on the offsets of the records actually returned, not on `position()`, which can
+    run ahead of what `getmany` has handed out."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    next_offset = {tp: await consumer.position(tp) for tp in ends}
+    records: list[Any] = []
+    while any(next_offset[tp] < end for tp, end in ends.items()):
+        if loop.time() > deadline:
+            raise TimeoutError(f"could not read up to {ends} within {timeout}s")
+        for tp, batch in (await consumer.getmany(timeout_ms=1000)).items():
+            records.extend(batch)
+            if batch:
+                next_offset[tp] = batch[-1].offset + 1
+    return records
 
 
 def dead_letter(

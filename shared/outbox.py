@@ -23,8 +23,11 @@ import logging
 from collections.abc import Awaitable, Callable
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from pydantic import BaseModel
+
+from shared.db import Conn
+from shared.kafka import read_until, topic_partitions
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +36,7 @@ RELAY_LOCK = 7_201_002
 OUTBOX_ID_HEADER = "outbox-id"
 
 
-async def enqueue(conn: asyncpg.Connection, *, topic: str, key: str, event: BaseModel) -> None:
+async def enqueue(conn: Conn, *, topic: str, key: str, event: BaseModel) -> None:
     """Add an event to the outbox; call inside the transaction of the effect it reports."""
     await conn.execute(
         "INSERT INTO outbox (topic, key, event_id, payload) VALUES ($1, $2, $3, $4)",
@@ -80,7 +83,7 @@ class OutboxRelay:
 
     async def run_session(self) -> None:
         """One session: take the lock (or return after a poll interval), then relay."""
-        conn: asyncpg.Connection = await asyncpg.connect(self._dsn)
+        conn: Conn = await asyncpg.connect(self._dsn)
         try:
             if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK):
                 await asyncio.sleep(self._poll_interval)
@@ -108,7 +111,7 @@ class OutboxRelay:
     def _on_notify(self, *_: object) -> None:
         self._wake.set()
 
-    async def _relay(self, conn: asyncpg.Connection, producer: AIOKafkaProducer) -> None:
+    async def _relay(self, conn: Conn, producer: AIOKafkaProducer) -> None:
         while True:
             self._wake.clear()
             rows = await conn.fetch(
@@ -134,7 +137,7 @@ class OutboxRelay:
             await conn.execute("DELETE FROM outbox WHERE id = any($1::bigint[])", ids)
             self.published += len(ids)
 
-    async def _recover(self, conn: asyncpg.Connection) -> None:
+    async def _recover(self, conn: Conn) -> None:
         pending = await conn.fetch("SELECT id, topic FROM outbox ORDER BY id")
         if not pending:
             return
@@ -151,31 +154,25 @@ async def _outbox_ids_in_tail(bootstrap: str, topics: list[str], depth: int) -> 
         bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
         fetch_max_wait_ms=50,
     )
-    await consumer.start()
+    tps = await topic_partitions(bootstrap, topics)
     found: set[int] = set()
+    if not tps:
+        return found
+    await consumer.start()
     try:
-        await consumer.topics()
-        tps = [
-            TopicPartition(topic, p)
-            for topic in topics
-            for p in sorted(consumer.partitions_for_topic(topic) or ())
-        ]
-        if not tps:
-            return found
         consumer.assign(tps)
         ends = await consumer.end_offsets(tps)
         begins = await consumer.beginning_offsets(tps)
+        tps = [tp for tp in tps if ends[tp] > begins[tp]]
+        if not tps:
+            return found
+        consumer.assign(tps)
         for tp in tps:
             consumer.seek(tp, max(begins[tp], ends[tp] - depth))
-        remaining = {tp for tp in tps if ends[tp] > begins[tp]}
-        while remaining:
-            batches = await consumer.getmany(*remaining, timeout_ms=1000)
-            for records in batches.values():
-                for record in records:
-                    for name, value in record.headers or ():
-                        if name == OUTBOX_ID_HEADER:
-                            found.add(int(value))
-            remaining = {tp for tp in remaining if await consumer.position(tp) < ends[tp]}
+        for record in await read_until(consumer, {tp: ends[tp] for tp in tps}):
+            for name, value in record.headers or ():
+                if name == OUTBOX_ID_HEADER:
+                    found.add(int(value))
         return found
     finally:
         await consumer.stop()

@@ -23,7 +23,9 @@ class CommonSettings(BaseSettings):
     )
     kafka_bootstrap_servers: str = Field(
         default="127.0.0.1:9092",
-        validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "INFLUGEN_KAFKA_BOOTSTRAP_SERVERS"),
+        validation_alias=AliasChoices(
+            "KAFKA_BOOTSTRAP_SERVERS", "INFLUGEN_KAFKA_BOOTSTRAP_SERVERS"
+        ),
     )
     db_pool_min: int = 1
     db_pool_max: int = 10

@@ -8,8 +8,7 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
-import asyncpg
-
+from shared.db import Conn
 from shared.events import CreditsView, JobError, JobView, Media, SceneFeedback, VideoResource
 
 _SELECT = """
@@ -67,7 +66,7 @@ def to_resource(row: Any) -> VideoResource:
 
 
 async def fetch_video(
-    conn: asyncpg.Connection, video_id: UUID, workspace_id: UUID | None = None
+    conn: Conn, video_id: UUID, workspace_id: UUID | None = None
 ) -> VideoResource | None:
     """The resource, or None when it does not exist (or belongs to another workspace)."""
     if workspace_id is None:
@@ -80,7 +79,7 @@ async def fetch_video(
 
 
 async def list_videos(
-    conn: asyncpg.Connection, where: str, args: list[Any], limit: int
+    conn: Conn, where: str, args: list[Any], limit: int
 ) -> list[VideoResource]:
     rows = await conn.fetch(
         _SELECT + f" WHERE {where} ORDER BY v.created_at DESC, v.id DESC LIMIT {int(limit)}",

@@ -16,6 +16,7 @@ from services.api.scene import scene_feedback
 from services.api.validation import ValidRequest, planned_at, validate_request
 from shared import outbox
 from shared.catalog import Catalog
+from shared.db import Conn
 from shared.events import TOPIC_JOBS, FieldError, JobSpec, VideoJobQueued, VideoResource, utcnow
 from shared.videos import fetch_video
 
@@ -27,7 +28,9 @@ class NotFound(Exception):
 class CharacterNotFound(Exception):
     def __init__(self) -> None:
         super().__init__("no such character in this workspace")
-        self.errors = [FieldError(field="character_id", message="no such character in this workspace")]
+        self.errors = [
+            FieldError(field="character_id", message="no such character in this workspace")
+        ]
 
 
 class InsufficientCredits(Exception):
@@ -103,7 +106,7 @@ def dry_run(valid: ValidRequest) -> dict[str, Any]:
 
 async def create_video(
     deps: IntakeDeps, workspace: Workspace, valid: ValidRequest, *, source: str,
-    conn: asyncpg.Connection,
+    conn: Conn,
 ) -> VideoResource:
     """Create the content item, its job, the credit reservation and the job event in the
     caller's transaction (`conn` must be inside one)."""

@@ -9,26 +9,28 @@ from uuid import UUID
 
 import asyncpg
 
+from shared.db import Conn, one
+
 
 async def insert_workspace(
-    conn: asyncpg.Connection, *, id: UUID, name: str, key_hash: bytes, sandbox: bool
+    conn: Conn, *, id: UUID, name: str, key_hash: bytes, sandbox: bool
 ) -> asyncpg.Record:
-    row: asyncpg.Record = await conn.fetchrow(
+    row = one(await conn.fetchrow(
         "INSERT INTO workspaces (id, name, api_key_hash, sandbox) VALUES ($1, $2, $3, $4)"
         " RETURNING *",
         id, name, key_hash, sandbox,
-    )
+    ))
     return row
 
 
-async def workspace_by_key(conn: asyncpg.Connection, *, key_hash: bytes) -> asyncpg.Record | None:
+async def workspace_by_key(conn: Conn, *, key_hash: bytes) -> asyncpg.Record | None:
     row: asyncpg.Record | None = await conn.fetchrow(
         "SELECT * FROM workspaces WHERE api_key_hash = $1", key_hash
     )
     return row
 
 
-async def grant(conn: asyncpg.Connection, *, workspace_id: UUID, amount: int, reason: str) -> bool:
+async def grant(conn: Conn, *, workspace_id: UUID, amount: int, reason: str) -> bool:
     row = await conn.fetchrow(
         "UPDATE workspaces SET credits_balance = credits_balance + $2 WHERE id = $1 RETURNING id",
         workspace_id, amount,
@@ -36,17 +38,18 @@ async def grant(conn: asyncpg.Connection, *, workspace_id: UUID, amount: int, re
     if row is None:
         return False
     await conn.execute(
-        "INSERT INTO credit_ledger (workspace_id, kind, amount, reason) VALUES ($1, 'grant', $2, $3)",
+        "INSERT INTO credit_ledger (workspace_id, kind, amount, reason)"
+        " VALUES ($1, 'grant', $2, $3)",
         workspace_id, amount, reason,
     )
     return True
 
 
 async def reserve(
-    conn: asyncpg.Connection, *, workspace_id: UUID, job_id: UUID, amount: int
+    conn: Conn, *, workspace_id: UUID, job_id: UUID, amount: int
 ) -> asyncpg.Record:
     """Hold `amount` credits; returns the workspace row with `ok` false when short."""
-    row: asyncpg.Record = await conn.fetchrow(
+    row = one(await conn.fetchrow(
         """
         WITH upd AS (
             UPDATE workspaces SET credits_reserved = credits_reserved + $2
@@ -57,7 +60,7 @@ async def reserve(
           FROM workspaces w WHERE w.id = $1
         """,
         workspace_id, amount,
-    )
+    ))
     if row["ok"]:
         await conn.execute(
             "INSERT INTO credit_ledger (workspace_id, kind, amount, job_id, reason)"
@@ -67,10 +70,10 @@ async def reserve(
     return row
 
 
-async def credits(conn: asyncpg.Connection, *, workspace_id: UUID, limit: int) -> dict[str, Any]:
-    ws = await conn.fetchrow(
+async def credits(conn: Conn, *, workspace_id: UUID, limit: int) -> dict[str, Any]:
+    ws = one(await conn.fetchrow(
         "SELECT credits_balance, credits_reserved FROM workspaces WHERE id = $1", workspace_id
-    )
+    ))
     ledger = await conn.fetch(
         "SELECT id, kind, amount, job_id, reason, created_at FROM credit_ledger"
         " WHERE workspace_id = $1 ORDER BY id DESC LIMIT $2",
@@ -85,19 +88,19 @@ async def credits(conn: asyncpg.Connection, *, workspace_id: UUID, limit: int) -
 
 
 async def insert_character(
-    conn: asyncpg.Connection, *, id: UUID, workspace_id: UUID, name: str, review_mode: str,
+    conn: Conn, *, id: UUID, workspace_id: UUID, name: str, review_mode: str,
     reference_image_url: str | None,
 ) -> asyncpg.Record:
-    row: asyncpg.Record = await conn.fetchrow(
+    row = one(await conn.fetchrow(
         "INSERT INTO characters (id, workspace_id, name, review_mode, reference_image_url)"
         " VALUES ($1, $2, $3, $4, $5) RETURNING *",
         id, workspace_id, name, review_mode, reference_image_url,
-    )
+    ))
     return row
 
 
 async def character(
-    conn: asyncpg.Connection, *, id: UUID, workspace_id: UUID
+    conn: Conn, *, id: UUID, workspace_id: UUID
 ) -> asyncpg.Record | None:
     row: asyncpg.Record | None = await conn.fetchrow(
         "SELECT * FROM characters WHERE id = $1 AND workspace_id = $2", id, workspace_id
@@ -105,7 +108,7 @@ async def character(
     return row
 
 
-async def characters(conn: asyncpg.Connection, *, workspace_id: UUID) -> list[asyncpg.Record]:
+async def characters(conn: Conn, *, workspace_id: UUID) -> list[asyncpg.Record]:
     rows: list[asyncpg.Record] = await conn.fetch(
         "SELECT * FROM characters WHERE workspace_id = $1 ORDER BY created_at, id", workspace_id
     )
@@ -113,7 +116,7 @@ async def characters(conn: asyncpg.Connection, *, workspace_id: UUID) -> list[as
 
 
 async def update_character(
-    conn: asyncpg.Connection, *, id: UUID, workspace_id: UUID, changes: dict[str, Any]
+    conn: Conn, *, id: UUID, workspace_id: UUID, changes: dict[str, Any]
 ) -> asyncpg.Record | None:
     allowed = {"name", "review_mode", "reference_image_url"}
     cols = [c for c in changes if c in allowed]
@@ -126,14 +129,14 @@ async def update_character(
     return row
 
 
-async def insert_video(conn: asyncpg.Connection, **cols: Any) -> None:
+async def insert_video(conn: Conn, **cols: Any) -> None:
     names = ", ".join(cols)
     params = ", ".join(f"${i + 1}" for i in range(len(cols)))
     await conn.execute(f"INSERT INTO videos ({names}) VALUES ({params})", *cols.values())
 
 
 async def insert_job(
-    conn: asyncpg.Connection, *, id: UUID, video_id: UUID, workspace_id: UUID, provider: str,
+    conn: Conn, *, id: UUID, video_id: UUID, workspace_id: UUID, provider: str,
     deadline_at: datetime,
 ) -> None:
     await conn.execute(

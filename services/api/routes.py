@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 from uuid import UUID
 
@@ -19,6 +20,7 @@ from shared.events import FieldError, ReviewMode
 from shared.videos import fetch_video
 
 routes = web.RouteTableDef()
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PUBLIC_PREFIXES = ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/media/")
 
 
@@ -61,7 +63,7 @@ def _parse(model: type[BaseModel], body: Any) -> Any:
 
 
 @web.middleware
-async def errors_and_auth(request: web.Request, handler: Any) -> web.StreamResponse:
+async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     path = request.path
     if path.startswith("/v1/admin/"):
         given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()

@@ -67,8 +67,8 @@ _HINTS: dict[str, str] = {
     "setting": "Say where and when it happens, e.g. 'in a marble hotel lobby at golden hour'.",
     "action": "Say what the character does, e.g. 'walking toward the camera, turning to smile'.",
     "mood": "Name the feeling or energy, e.g. 'confident luxury travel energy' or 'cozy and calm'.",
-    "framing": "Describe the camera, e.g. 'medium shot with a subtle push-in' or 'handheld close-up'.",
-    "pacing": "Give the tempo, e.g. 'slow and lingering', 'quick cuts on the beat' or 'time-lapse'.",
+    "framing": "Describe the camera, e.g. 'medium shot, subtle push-in' or 'handheld close-up'.",
+    "pacing": "Give the tempo, e.g. 'slow and lingering', 'quick cuts on the beat', 'time-lapse'.",
 }
 
 _PATTERNS: dict[str, re.Pattern[str]] = {
@@ -80,8 +80,12 @@ _PATTERNS: dict[str, re.Pattern[str]] = {
     for aspect, words in _WORDS.items()
 }
 # Settings are often phrased as a place after a preposition: "in a ...", "at the ...".
+# Nouns after such a preposition that are not places ("on the beat", "at the camera").
+_NOT_PLACES = ("beat", "camera", "lens", "screen", "way", "move", "go", "end", "moment",
+               "same", "right", "left", "top", "bottom", "music", "rhythm", "time")
 _SETTING_PHRASE = re.compile(
-    r"\b(in|at|on|inside|outside|through|across|by|near) (a|an|the|her|his|their) \w+",
+    r"\b(in|at|on|inside|outside|through|across|by|near) (a|an|the|her|his|their) "
+    r"(?!(?:" + "|".join(_NOT_PLACES) + r")\b)\w+",
     re.IGNORECASE,
 )
 

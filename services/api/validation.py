@@ -179,7 +179,7 @@ def validate_request(body: object, catalog: Catalog) -> ValidRequest:
     if errors or parsed is None or model is None:
         raise RequestInvalid(errors)
     video_type = parsed.type or DEFAULT_TYPE[parsed.platform]
-    return ValidRequest(request=parsed, type=video_type, model=model)  # type: ignore[arg-type]
+    return ValidRequest(request=parsed, type=video_type, model=model)
 
 
 def planned_at(value: str | None) -> datetime | None:

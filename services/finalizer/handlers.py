@@ -6,11 +6,10 @@ from __future__ import annotations
 import math
 import uuid
 
-import asyncpg
-
 from services.finalizer import repository as repo
 from shared import outbox
 from shared.catalog import Catalog
+from shared.db import Conn
 from shared.events import (
     TOPIC_COMPLETED,
     VideoCompleted,
@@ -29,7 +28,7 @@ def completion_event_id(job_id: uuid.UUID, event_type: str) -> uuid.UUID:
 
 
 async def finalize(
-    conn: asyncpg.Connection, event: VideoGenerationSucceeded | VideoGenerationFailed,
+    conn: Conn, event: VideoGenerationSucceeded | VideoGenerationFailed,
     catalog: Catalog,
 ) -> VideoCompleted | None:
     """Apply the event inside the caller's transaction; None if it changed nothing."""
@@ -62,7 +61,7 @@ async def finalize(
     event_type = f"video.{state}"
     completed = VideoCompleted(
         event_id=completion_event_id(event.job_id, event_type),
-        event_type=event_type,  # type: ignore[arg-type]
+        event_type=event_type,
         workspace_id=ctx["workspace_id"], correlation_id=event.correlation_id, video=resource,
     )
     await outbox.enqueue(conn, topic=TOPIC_COMPLETED, key=str(event.video_id), event=completed)

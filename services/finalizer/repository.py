@@ -7,8 +7,10 @@ from uuid import UUID
 
 import asyncpg
 
+from shared.db import Conn
 
-async def job_context(conn: asyncpg.Connection, *, job_id: UUID) -> asyncpg.Record | None:
+
+async def job_context(conn: Conn, *, job_id: UUID) -> asyncpg.Record | None:
     """The job with what settling and completing it needs, locked against a racing cancel."""
     row: asyncpg.Record | None = await conn.fetchrow(
         """
@@ -24,7 +26,7 @@ async def job_context(conn: asyncpg.Connection, *, job_id: UUID) -> asyncpg.Reco
 
 
 async def settle(
-    conn: asyncpg.Connection, *, job_id: UUID, workspace_id: UUID, outcome: str,
+    conn: Conn, *, job_id: UUID, workspace_id: UUID, outcome: str,
     reserved: int, charge: int,
 ) -> bool:
     """Charge `charge` of the reservation and release the rest; False if already settled."""
@@ -51,7 +53,7 @@ async def settle(
 
 
 async def complete_video(
-    conn: asyncpg.Connection, *, video_id: UUID, status: str, review_state: str | None,
+    conn: Conn, *, video_id: UUID, status: str, review_state: str | None,
     media: dict[str, Any] | None, charged: int,
 ) -> None:
     await conn.execute(

@@ -25,7 +25,9 @@ from shared.runtime import cancel, configure_logging, wait_for_stop_signal
 log = logging.getLogger("influgen.generator")
 
 
-def build_providers(settings: GeneratorSettings, executor: ProcessPoolExecutor) -> dict[str, Provider]:
+def build_providers(
+    settings: GeneratorSettings, executor: ProcessPoolExecutor
+) -> dict[str, Provider]:
     return {
         "local": LocalProvider(executor, preset=settings.x264_preset),
         "sandbox": SandboxProvider(executor, settings.media_dir.parent / "sandbox-cache"),

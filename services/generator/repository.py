@@ -8,12 +8,13 @@ from uuid import UUID
 
 import asyncpg
 
+from shared.db import Conn
 from shared.events import JobSpec
 
 _TERMINAL = ("succeeded", "failed", "canceled")
 
 
-async def accept(conn: asyncpg.Connection, *, spec: JobSpec) -> bool:
+async def accept(conn: Conn, *, spec: JobSpec) -> bool:
     """Record the job event's spec; the job becomes claimable. False if already accepted."""
     row = await conn.fetchrow(
         "UPDATE jobs SET spec = $2, accepted_at = now(), updated_at = now()"
@@ -61,7 +62,7 @@ async def claim(
 
 
 async def renew(
-    conn: asyncpg.Connection, *, job_id: UUID, owner: str, lease_seconds: float,
+    conn: Conn, *, job_id: UUID, owner: str, lease_seconds: float,
     progress: int | None = None, state: str | None = None,
 ) -> asyncpg.Record | None:
     """Extend the lease (and record progress); None when the lease was lost."""
@@ -79,7 +80,7 @@ async def renew(
 
 
 async def set_provider_job(
-    conn: asyncpg.Connection, *, job_id: UUID, owner: str, provider_job_id: str
+    conn: Conn, *, job_id: UUID, owner: str, provider_job_id: str
 ) -> None:
     await conn.execute(
         "UPDATE jobs SET provider_job_id = $3, updated_at = now()"
@@ -89,7 +90,7 @@ async def set_provider_job(
 
 
 async def finish(
-    conn: asyncpg.Connection, *, job_id: UUID, owner: str, state: str,
+    conn: Conn, *, job_id: UUID, owner: str, state: str,
     error: dict[str, Any] | None = None,
 ) -> bool:
     """Move the job to a terminal state if this process still holds it."""
@@ -106,7 +107,7 @@ async def finish(
     return row is not None
 
 
-async def release(conn: asyncpg.Connection, *, job_id: UUID, owner: str, delay: float) -> None:
+async def release(conn: Conn, *, job_id: UUID, owner: str, delay: float) -> None:
     """Give the job back to the queue to retry after `delay` seconds."""
     await conn.execute(
         """

@@ -19,6 +19,7 @@ from services.generator import repository as repo
 from services.generator.media import MediaStore, mismatch, probe
 from services.generator.providers.base import JobHandle, Provider, ProviderError
 from shared import outbox
+from shared.db import Conn
 from shared.events import (
     TOPIC_GENERATED,
     JobError,
@@ -195,6 +196,6 @@ class Worker:
         log.info("job %s failed: %s %s", spec.job_id, error.code, error.message)
 
 
-async def _workspace(conn: asyncpg.Connection, job_id: UUID) -> UUID:
+async def _workspace(conn: Conn, job_id: UUID) -> UUID:
     ws: UUID = await conn.fetchval("SELECT workspace_id FROM jobs WHERE id = $1", job_id)
     return ws

@@ -102,7 +102,8 @@ def render(req: RenderRequest) -> int:
             frame = frame.reformat(width=req.width, height=req.height, format="yuv420p")
             frame.pts = i
             if i == thumb_at:
-                frame.to_image().convert("RGB").save(req.out_thumbnail, "JPEG", quality=85)
+                image = frame.to_image()  # type: ignore[no-untyped-call]
+                image.convert("RGB").save(req.out_thumbnail, "JPEG", quality=85)
             for packet in stream.encode(frame):
                 container.mux(packet)
             if i % req.fps == 0:
