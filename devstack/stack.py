@@ -34,7 +34,8 @@ class Stack:
     def __init__(self, run_dir: Path, *, api_port: int = 8080, pg_port: int = 5433,
                  kafka_port: int = 9092, kafka_controller_port: int = 9093,
                  pg_fsync: bool = True, extra_env: dict[str, str] | None = None,
-                 database_url: str | None = None, bootstrap_servers: str | None = None) -> None:
+                 database_url: str | None = None, bootstrap_servers: str | None = None,
+                 topic_partitions: int = 6) -> None:
         """`database_url` / `bootstrap_servers`: existing servers to use instead of local ones."""
         self.run = run_dir
         self.pids = run_dir / "pids"
@@ -46,6 +47,7 @@ class Stack:
         self.kafka = LocalKafka(run_dir / "kafka", kafka_port, kafka_controller_port,
                                 pid_path=self.pids / "kafka.pid")
         self.extra_env = extra_env or {}
+        self.topic_partitions = topic_partitions
 
     # --- addresses -------------------------------------------------------------------
 
@@ -97,12 +99,12 @@ class Stack:
             return
         self.kafka.start()
 
-    def prepare(self, partitions: int = 6) -> None:
+    def prepare(self) -> None:
         from shared.db import migrate
         from shared.kafka import ensure_topics
 
         asyncio.run(migrate(self.database_url))
-        asyncio.run(ensure_topics(self.bootstrap, partitions))
+        asyncio.run(ensure_topics(self.bootstrap, self.topic_partitions))
 
     # --- services --------------------------------------------------------------------
 
@@ -245,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         api_port=int(os.environ.get("INFLUGEN_API_PORT", "8080")),
         database_url=os.environ.get("DATABASE_URL") or None,
         bootstrap_servers=os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or None,
+        topic_partitions=int(os.environ.get("INFLUGEN_TOPIC_PARTITIONS", "6")),
     )
     if args.command == "status":
         running = True
