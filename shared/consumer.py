@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import asyncpg
+from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
+from faststream.kafka.annotations import KafkaMessage as KafkaMessageParam
 from faststream.kafka.message import KafkaMessage
 from pydantic import TypeAdapter, ValidationError
 
-from shared.kafka import dead_letter, publish_dead_letter
+from shared.db import Conn
+from shared.kafka import consumer_options, dead_letter, publish_dead_letter
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -43,3 +48,38 @@ async def decode_or_dead_letter(
 async def pause_before_redelivery(exc: BaseException, consumer: str) -> None:
     log.warning("%s: handling failed (%r); the message will be redelivered", consumer, exc)
     await asyncio.sleep(RETRY_PAUSE_SECONDS)
+
+
+def subscribe(
+    broker: KafkaBroker,
+    *,
+    topic: str,
+    adapter: TypeAdapter[T],
+    consumer: str,
+    group_id: str,
+    fetch_max_wait_ms: int,
+    description: str,
+    pool: asyncpg.Pool,
+    handle: Callable[[Conn, T, KafkaMessage], Awaitable[object]],
+    after: Callable[[], None] | None = None,
+) -> None:
+    """Subscribe `handle` to `topic`: decode (or dead-letter), then run `handle` inside one
+    transaction; the offset is committed after that transaction, never before."""
+
+    @broker.subscriber(
+        topic, group_id=group_id, ack_policy=AckPolicy.NACK_ON_ERROR, description=description,
+        title=f"{consumer}:{topic}",
+        **consumer_options(fetch_max_wait_ms),
+    )
+    async def entrypoint(message: KafkaMessageParam) -> None:
+        event = await decode_or_dead_letter(broker, message, adapter, consumer)
+        if event is None:
+            return
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                await handle(conn, event, message)
+        except Exception as exc:
+            await pause_before_redelivery(exc, consumer)
+            raise
+        if after is not None:
+            after()

@@ -10,14 +10,26 @@ from uuid import UUID, uuid4
 
 import asyncpg
 
+from services.api import idempotency
 from services.api import repository as repo
 from services.api.auth import hash_key, new_api_key
 from services.api.scene import scene_feedback
-from services.api.validation import ValidRequest, planned_at, validate_request
+from services.api.validation import RequestInvalid, ValidRequest, planned_at, validate_request
 from shared import outbox
 from shared.catalog import Catalog
 from shared.db import Conn
-from shared.events import TOPIC_JOBS, FieldError, JobSpec, VideoJobQueued, VideoResource, utcnow
+from shared.events import (
+    TOPIC_JOBS,
+    TOPIC_REJECTED,
+    FieldError,
+    JobSpec,
+    VideoJobQueued,
+    VideoRequested,
+    VideoRequestRejected,
+    VideoResource,
+    utcnow,
+)
+from shared.inbox import first_delivery
 from shared.videos import fetch_video
 
 
@@ -79,9 +91,8 @@ async def authenticate(pool: asyncpg.Pool, api_key: str) -> Workspace | None:
     return Workspace(id=row["id"], name=row["name"], sandbox=row["sandbox"]) if row else None
 
 
-async def workspace_by_id(pool: asyncpg.Pool, workspace_id: UUID) -> Workspace | None:
-    async with pool.acquire() as conn:
-        row = await conn.fetchrow("SELECT * FROM workspaces WHERE id = $1", workspace_id)
+async def workspace_by_id(conn: Conn, workspace_id: UUID) -> Workspace | None:
+    row = await conn.fetchrow("SELECT * FROM workspaces WHERE id = $1", workspace_id)
     return Workspace(id=row["id"], name=row["name"], sandbox=row["sandbox"]) if row else None
 
 
@@ -153,4 +164,66 @@ async def create_video(
     await outbox.enqueue(conn, topic=TOPIC_JOBS, key=str(video_id), event=event)
     resource = await fetch_video(conn, video_id)
     assert resource is not None
+    return resource
+
+
+#: Envelope fields of a request event; everything else is judged as the request body.
+ENVELOPE_FIELDS = frozenset(
+    {"event_id", "event_type", "schema_version", "occurred_at", "workspace_id",
+     "correlation_id", "request_id"}
+)
+INTAKE_CONSUMER = "api"
+
+
+async def intake_event(
+    deps: IntakeDeps, conn: Conn, event: VideoRequested, raw: dict[str, Any]
+) -> VideoResource | VideoRequestRejected | None:
+    """A `video.requested` event, inside the caller's transaction: the same judging and
+    creation as HTTP. Returns the created video, the rejection sent, or None for a duplicate."""
+    if not await first_delivery(conn, consumer=INTAKE_CONSUMER, event_id=event.event_id):
+        return None
+    body = {k: v for k, v in raw.items() if k not in ENVELOPE_FIELDS}
+    key = f"event:{event.request_id}"
+    digest = idempotency.request_hash(body)
+
+    async def reject(
+        errors: list[FieldError], status: int, record_in: Workspace | None
+    ) -> VideoRequestRejected:
+        """Send the rejection; with `record_in`, remember the outcome under the request_id."""
+        rejected = VideoRequestRejected(
+            workspace_id=event.workspace_id,
+            correlation_id=event.correlation_id or event.request_id,
+            request_id=event.request_id, errors=errors,
+        )
+        await outbox.enqueue(conn, topic=TOPIC_REJECTED, key=event.request_id, event=rejected)
+        if record_in is not None:
+            await idempotency.complete(
+                conn, workspace_id=record_in.id, key=key, status=status, digest=digest,
+                body={"errors": [e.model_dump() for e in errors]},
+            )
+        return rejected
+
+    workspace = await workspace_by_id(conn, event.workspace_id)
+    if workspace is None:
+        return await reject(
+            [FieldError(field="workspace_id", message="no such workspace")], 404, None)
+    seen = await idempotency.lookup(conn, workspace_id=workspace.id, key=key)
+    if seen is not None:
+        if bytes(seen["request_hash"]) == digest:
+            return None  # the same request again: its first outcome stands
+        return await reject([FieldError(
+            field="request_id", message="this request_id was used for a different request")],
+            422, None)  # the first request's record stands
+    try:
+        valid = judge(body, deps.catalog)
+        async with conn.transaction():  # a savepoint: a refusal below leaves no trace
+            resource = await create_video(deps, workspace, valid, source="kafka", conn=conn)
+    except (RequestInvalid, CharacterNotFound) as exc:
+        return await reject(exc.errors, 422, workspace)
+    except InsufficientCredits as exc:
+        return await reject([FieldError(field="credits", message=str(exc))], 402, workspace)
+    await idempotency.complete(
+        conn, workspace_id=workspace.id, key=key, status=202, digest=digest,
+        body=resource.model_dump(mode="json"), video_id=resource.id,
+    )
     return resource

@@ -7,12 +7,14 @@ from aiohttp import web
 from faststream.kafka import KafkaBroker
 
 from services.api.handlers import IntakeDeps, Workspace
+from services.api.ratelimit import RateLimiter
 from services.api.settings import ApiSettings
 
 SETTINGS = web.AppKey("settings", ApiSettings)
 POOL = web.AppKey("pool", asyncpg.Pool)
 DEPS = web.AppKey("deps", IntakeDeps)
 BROKER = web.AppKey("broker", KafkaBroker)
+LIMITER = web.AppKey("limiter", RateLimiter)
 WORKSPACE_KEY = "workspace"
 
 

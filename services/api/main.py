@@ -10,8 +10,10 @@ import asyncpg
 from aiohttp import web
 from faststream.kafka import KafkaBroker
 
+from services.api import consumer, idempotency
 from services.api.handlers import IntakeDeps
-from services.api.keys import BROKER, DEPS, POOL, SETTINGS
+from services.api.keys import BROKER, DEPS, LIMITER, POOL, SETTINGS
+from services.api.ratelimit import RateLimiter
 from services.api.routes import errors_and_auth, routes
 from services.api.settings import ApiSettings
 from shared.catalog import Catalog
@@ -23,7 +25,16 @@ from shared.runtime import cancel, configure_logging, wait_for_stop_signal
 log = logging.getLogger("influgen.api")
 
 
-def build_app(settings: ApiSettings, pool: asyncpg.Pool, broker: KafkaBroker) -> web.Application:
+def intake_deps(settings: ApiSettings, pool: asyncpg.Pool) -> IntakeDeps:
+    return IntakeDeps(
+        pool=pool,
+        catalog=Catalog.load(settings.catalog_path),
+        job_deadline=timedelta(seconds=settings.job_deadline_seconds),
+    )
+
+
+def build_app(settings: ApiSettings, pool: asyncpg.Pool, broker: KafkaBroker,
+              deps: IntakeDeps | None = None) -> web.Application:
     """The aiohttp application; resources are opened by the caller and handed in."""
     app = web.Application(
         middlewares=[errors_and_auth], client_max_size=settings.max_body_bytes
@@ -31,15 +42,23 @@ def build_app(settings: ApiSettings, pool: asyncpg.Pool, broker: KafkaBroker) ->
     app[SETTINGS] = settings
     app[POOL] = pool
     app[BROKER] = broker
-    app[DEPS] = IntakeDeps(
-        pool=pool,
-        catalog=Catalog.load(settings.catalog_path),
-        job_deadline=timedelta(seconds=settings.job_deadline_seconds),
-    )
+    app[DEPS] = deps or intake_deps(settings, pool)
+    app[LIMITER] = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
     app.add_routes(routes)
     settings.media_dir.mkdir(parents=True, exist_ok=True)
     app.router.add_static("/media/", settings.media_dir, follow_symlinks=False)
     return app
+
+
+async def purge_idempotency_keys(pool: asyncpg.Pool, every: float = 3600) -> None:
+    """Idempotency keys are kept 24 hours; forget older ones hourly."""
+    while True:
+        try:
+            async with pool.acquire() as conn:
+                await idempotency.purge_expired(conn)
+        except (OSError, asyncpg.PostgresError) as exc:
+            log.warning("purging idempotency keys failed: %r", exc)
+        await asyncio.sleep(every)
 
 
 async def serve(settings: ApiSettings) -> None:
@@ -47,13 +66,17 @@ async def serve(settings: ApiSettings) -> None:
     pool = await create_pool(
         settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max
     )
+    deps = intake_deps(settings, pool)
     broker = make_broker(settings.kafka_bootstrap_servers, "influgen-api")
+    consumer.register(broker, deps=deps, group_id=settings.consumer_group,
+                      fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms)
     await broker.start()
     relay = OutboxRelay(
         dsn=settings.database_url, bootstrap_servers=settings.kafka_bootstrap_servers
     )
-    relay_task = asyncio.create_task(relay.run(), name="outbox-relay")
-    runner = web.AppRunner(build_app(settings, pool, broker), access_log=None)
+    tasks = [asyncio.create_task(relay.run(), name="outbox-relay"),
+             asyncio.create_task(purge_idempotency_keys(pool), name="idempotency-purge")]
+    runner = web.AppRunner(build_app(settings, pool, broker, deps), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.api_host, settings.api_port, reuse_address=True)
     await site.start()
@@ -63,8 +86,8 @@ async def serve(settings: ApiSettings) -> None:
     finally:
         log.info("api stopping")
         await runner.cleanup()
-        await cancel(relay_task)
         await broker.stop()
+        await cancel(*tasks)
         await pool.close()
 
 

@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Awaitable, Callable
+from datetime import UTC, date, datetime, time
 from typing import Any
 from uuid import UUID
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from services.api import handlers
+from services.api import handlers, idempotency
 from services.api import repository as repo
 from services.api.auth import token_matches
-from services.api.keys import BROKER, DEPS, POOL, SETTINGS, WORKSPACE_KEY, workspace_of
+from services.api.keys import BROKER, DEPS, LIMITER, POOL, SETTINGS, WORKSPACE_KEY, workspace_of
 from services.api.problems import invalid, problem
+from services.api.ratelimit import retry_after_header
 from services.api.validation import RequestInvalid
-from shared.events import FieldError, ReviewMode
+from shared.events import FieldError, Platform, ReviewMode, VideoResource, VideoStatus
 from shared.videos import fetch_video
+from shared.videos import list_videos as list_videos_query
 
 routes = web.RouteTableDef()
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -76,9 +80,22 @@ async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamR
         ws = await handlers.authenticate(request.app[POOL], header.removeprefix("Bearer ").strip())
         if ws is None:
             return problem(401, "Unauthorized", "unknown API key")
+        wait = request.app[LIMITER].check(ws.id)
+        if wait is not None:
+            return problem(429, "Too many requests", "this workspace's rate limit is reached",
+                           headers={"Retry-After": retry_after_header(wait)})
         request[WORKSPACE_KEY] = ws
+    limit = request.app[SETTINGS].max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        return problem(413, "Request body too large", f"the limit is {limit} bytes")
     try:
         return await handler(request)
+    except web.HTTPRequestEntityTooLarge:
+        return problem(413, "Request body too large", f"the limit is {limit} bytes")
+    except web.HTTPNotFound:
+        return problem(404, "Not found")
+    except web.HTTPMethodNotAllowed as exc:
+        return problem(405, "Method not allowed", headers={"Allow": ",".join(exc.allowed_methods)})
     except RequestInvalid as exc:
         return invalid(exc.errors)
     except handlers.CharacterNotFound as exc:
@@ -257,6 +274,14 @@ async def get_credits(request: web.Request) -> web.Response:
 
 # --- videos ---------------------------------------------------------------------------
 
+def _accepted(body: Any, replayed: bool = False) -> web.Response:
+    headers = {"Location": f"/v1/videos/{body['id']}"}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return web.Response(status=202, text=json.dumps(body), content_type="application/json",
+                        headers=headers)
+
+
 @routes.post("/v1/videos")
 async def create_video(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
@@ -264,14 +289,107 @@ async def create_video(request: web.Request) -> web.Response:
     valid = handlers.judge(body, deps.catalog)
     if request.query.get("dry_run") in ("true", "1"):
         return _json(handlers.dry_run(valid))
-    async with deps.pool.acquire() as conn, conn.transaction():
-        resource = await handlers.create_video(
-            deps, workspace_of(request), valid, source="http", conn=conn
-        )
-    return web.Response(
-        status=202, text=resource.model_dump_json(), content_type="application/json",
-        headers={"Location": f"/v1/videos/{resource.id}"},
-    )
+    workspace = workspace_of(request)
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        async with deps.pool.acquire() as conn, conn.transaction():
+            resource = await handlers.create_video(deps, workspace, valid, source="http",
+                                                   conn=conn)
+        return _accepted(resource.model_dump(mode="json"))
+    if not 1 <= len(key) <= 255:
+        raise RequestInvalid([FieldError(field="Idempotency-Key",
+                                         message="must be 1 to 255 characters")])
+    digest = idempotency.request_hash(body)
+    async with deps.pool.acquire() as conn:
+        claim = await idempotency.claim(conn, workspace_id=workspace.id, key=key, digest=digest)
+        if claim.conflict:
+            return problem(422, "Idempotency-Key reused",
+                           "this key was used with a different request body")
+        if not claim.owned:
+            if claim.status is None:
+                return problem(409, "Request in progress",
+                               "a request with this Idempotency-Key is still being processed",
+                               headers={"Retry-After": "1"})
+            return _accepted(claim.body, replayed=True)
+        try:
+            async with conn.transaction():
+                resource = await handlers.create_video(deps, workspace, valid, source="http",
+                                                       conn=conn)
+                data = resource.model_dump(mode="json")
+                await idempotency.complete(conn, workspace_id=workspace.id, key=key,
+                                           status=202, body=data, video_id=resource.id)
+        except BaseException:
+            # Refused or failed: nothing was created, so a retry with this key may run.
+            await idempotency.release(conn, workspace_id=workspace.id, key=key)
+            raise
+    return _accepted(data)
+
+
+class VideoQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    status: VideoStatus | None = None
+    character_id: UUID | None = None
+    platform: Platform | None = None
+    planned_from: datetime | date | None = None
+    planned_to: datetime | date | None = None
+    limit: int = Field(default=20, ge=1, le=100)
+    cursor: str | None = None
+
+
+def _cursor(resource: VideoResource) -> str:
+    raw = f"{resource.created_at.isoformat()}|{resource.id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode()
+
+
+def _parse_cursor(cursor: str) -> tuple[datetime, UUID]:
+    try:
+        created, vid = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
+        return datetime.fromisoformat(created), UUID(vid)
+    except ValueError:
+        raise RequestInvalid(
+            [FieldError(field="cursor", message="not a cursor from this API")]
+        ) from None
+
+
+def _instant(value: datetime | date, end: bool) -> datetime:
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    moment = datetime.combine(value, time.max if end else time.min)
+    return moment.replace(tzinfo=UTC)
+
+
+@routes.get("/v1/videos")
+async def list_videos(request: web.Request) -> web.Response:
+    q: VideoQuery = _parse(VideoQuery, dict(request.query))
+    where = ["v.workspace_id = $1"]
+    args: list[Any] = [workspace_of(request).id]
+
+    def add(sql: str, value: Any) -> None:
+        args.append(value)
+        where.append(sql.replace("?", f"${len(args)}"))
+
+    if q.status:
+        add("v.status = ?", q.status)
+    if q.character_id:
+        add("v.character_id = ?", q.character_id)
+    if q.platform:
+        add("v.platform = ?", q.platform)
+    if q.planned_from:
+        add("v.planned_at >= ?", _instant(q.planned_from, end=False))
+    if q.planned_to:
+        add("v.planned_at <= ?", _instant(q.planned_to, end=True))
+    if q.cursor:
+        created, vid = _parse_cursor(q.cursor)
+        args.extend([created, vid])
+        where.append(f"(v.created_at, v.id) < (${len(args) - 1}, ${len(args)})")
+    async with request.app[POOL].acquire() as conn:
+        items = await list_videos_query(conn, " AND ".join(where), args, q.limit + 1)
+    more = len(items) > q.limit
+    items = items[: q.limit]
+    return _json({
+        "items": [i.model_dump(mode="json") for i in items],
+        "next_cursor": _cursor(items[-1]) if more else None,
+    })
 
 
 @routes.get("/v1/videos/{id}")

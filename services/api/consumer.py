@@ -1,0 +1,31 @@
+"""Entrypoint for `influgen.video.requested.v1`: the same judging and creation as HTTP.
+
+A valid event creates the video and its job; an invalid one produces `video.rejected` with
+every error; bytes that are not a request event go to the DLQ. The offset is committed only
+after the transaction holding the effect (and the inbox row) committed."""
+
+from __future__ import annotations
+
+import json
+
+from faststream.kafka import KafkaBroker
+from faststream.kafka.message import KafkaMessage
+from pydantic import TypeAdapter
+
+from services.api.handlers import INTAKE_CONSUMER, IntakeDeps, intake_event
+from shared.consumer import subscribe
+from shared.db import Conn
+from shared.events import TOPIC_REQUESTED, VideoRequested
+
+
+def register(broker: KafkaBroker, *, deps: IntakeDeps, group_id: str,
+             fetch_max_wait_ms: int) -> None:
+    async def handle(conn: Conn, event: VideoRequested, message: KafkaMessage) -> None:
+        await intake_event(deps, conn, event, json.loads(message.body))
+
+    subscribe(
+        broker, topic=TOPIC_REQUESTED, adapter=TypeAdapter(VideoRequested),
+        consumer=INTAKE_CONSUMER, group_id=group_id, fetch_max_wait_ms=fetch_max_wait_ms,
+        description="Video requests from upstream systems, judged like POST /v1/videos.",
+        pool=deps.pool, handle=handle,
+    )

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestServer
+from pydantic import SecretStr
+
+from services.api.main import build_app
+from services.api.settings import ApiSettings
+from shared.kafka import make_broker
+from tests.infra import Infra
+
+ADMIN = "test-admin-token"
+
+
+class Client:
+    def __init__(self, session: aiohttp.ClientSession, base: str) -> None:
+        self.session = session
+        self.base = base
+
+    async def call(self, method: str, path: str, token: str | None, body: Any = None, *,
+                   headers: dict[str, str] | None = None, data: Any = None,
+                   ) -> tuple[int, Any, dict[str, str]]:
+        hdrs = dict(headers or {})
+        if token is not None:
+            hdrs["Authorization"] = f"Bearer {token}"
+        kwargs: dict[str, Any] = {"json": body} if data is None else {"data": data}
+        async with self.session.request(method, self.base + path, headers=hdrs,
+                                        **kwargs) as resp:
+            text = await resp.text()
+            payload = None
+            if text and resp.content_type.endswith("json"):
+                import json
+
+                payload = json.loads(text)
+            return resp.status, payload, dict(resp.headers)
+
+    async def workspace(self, credits: int = 1000, sandbox: bool = False) -> dict[str, Any]:
+        status, ws, _ = await self.call("POST", "/v1/admin/workspaces", ADMIN,
+                                        {"name": "t", "credits": credits, "sandbox": sandbox})
+        assert status == 201, ws
+        return dict(ws)
+
+    async def character(self, key: str, review_mode: str = "manual") -> str:
+        status, ch, _ = await self.call("POST", "/v1/characters", key,
+                                        {"name": "Mila", "review_mode": review_mode})
+        assert status == 201, ch
+        return str(ch["id"])
+
+
+def api_settings(infra: Infra, **overrides: Any) -> ApiSettings:
+    return ApiSettings(database_url=infra.database_url,
+                       kafka_bootstrap_servers=infra.bootstrap_servers,
+                       admin_token=SecretStr(ADMIN), **overrides)
+
+
+@pytest.fixture
+async def client(infra: Infra, pool: asyncpg.Pool) -> AsyncIterator[Client]:
+    """The api's real aiohttp app in this process, on the real database (no relay)."""
+    broker = make_broker(infra.bootstrap_servers, "test-api")
+    server = TestServer(build_app(api_settings(infra, rate_limit_per_second=0), pool, broker))
+    await server.start_server()
+    async with aiohttp.ClientSession() as session:
+        yield Client(session, str(server.make_url("")).rstrip("/"))
+    await server.close()

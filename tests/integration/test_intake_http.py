@@ -1,0 +1,320 @@
+"""The intake contract over HTTP, on the real database."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+from uuid import UUID, uuid4
+
+import aiohttp
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestServer
+
+from services.api import idempotency
+from services.api.main import build_app
+from shared.kafka import make_broker
+from tests.infra import Infra
+from tests.integration.conftest import ADMIN, Client, api_settings
+
+pytestmark = pytest.mark.integration
+SCENE = "Walking through a hotel lobby at golden hour, slow push-in, confident energy"
+
+
+async def counts(pool: asyncpg.Pool, workspace_id: str) -> tuple[int, ...]:
+    ws = UUID(workspace_id)
+    return (
+        await pool.fetchval("SELECT count(*) FROM videos WHERE workspace_id = $1", ws),
+        await pool.fetchval("SELECT count(*) FROM jobs WHERE workspace_id = $1", ws),
+        await pool.fetchval("SELECT count(*) FROM credit_ledger WHERE workspace_id = $1"
+                            " AND kind = 'reserve'", ws),
+        await pool.fetchval("SELECT credits_reserved FROM workspaces WHERE id = $1", ws),
+        await pool.fetchval("SELECT count(*) FROM outbox WHERE topic = 'influgen.video.jobs.v1'"
+                            " AND convert_from(payload, 'UTF8')::jsonb ->> 'workspace_id' = $1",
+                            workspace_id),
+    )
+
+
+async def test_keys_and_tokens_are_required(client: Client) -> None:
+    ws = await client.workspace()
+    for token in (None, "wrong", ADMIN):
+        status, _, headers = await client.call("GET", "/v1/credits", token)
+        assert status == 401
+        assert headers["Content-Type"].startswith("application/problem+json")
+    status, _, _ = await client.call("POST", "/v1/admin/workspaces", ws["api_key"],
+                                     {"name": "x"})
+    assert status == 401
+    status, _, _ = await client.call("GET", "/healthz", None)
+    assert status == 200
+
+
+async def test_api_keys_are_stored_hashed(client: Client, pool: asyncpg.Pool) -> None:
+    ws = await client.workspace()
+    stored = await pool.fetchval("SELECT api_key_hash FROM workspaces WHERE id = $1",
+                                 UUID(ws["id"]))
+    assert ws["api_key"].encode() not in bytes(stored)
+    assert len(bytes(stored)) == 32
+
+
+async def test_defaults_are_applied_and_visible(client: Client) -> None:
+    ws = await client.workspace()
+    cid = await client.character(ws["api_key"])
+    status, video, headers = await client.call(
+        "POST", "/v1/videos", ws["api_key"], {"character_id": cid, "scene_description": SCENE})
+    assert status == 202, video
+    assert headers["Location"] == f"/v1/videos/{video['id']}"
+    assert {k: video[k] for k in ("platform", "type", "duration_seconds", "aspect_ratio",
+                                  "model_id", "quality_tier", "hashtags", "status")} == {
+        "platform": "instagram", "type": "reel", "duration_seconds": 8, "aspect_ratio": "9:16",
+        "model_id": "influgen-preview-1", "quality_tier": "standard", "hashtags": [],
+        "status": "queued"}
+    assert video["credits"] == {"quoted": 8, "reserved": 8, "charged": None}
+    assert video["job"]["state"] == "queued"
+    assert video["job"]["queue_position"] >= 1
+    assert set(video["scene_feedback"]) == {"present", "missing", "hints"}
+    status, credits, _ = await client.call("GET", "/v1/credits", ws["api_key"])
+    assert (credits["balance"], credits["reserved"], credits["available"]) == (1000, 8, 992)
+
+
+BAD: list[tuple[dict[str, Any], set[str]]] = [
+    ({"scene_description": SCENE}, {"character_id"}),
+    ({"character_id": "$CID"}, {"scene_description"}),
+    ({"character_id": "$CID", "scene_description": " "}, {"scene_description"}),
+    ({"character_id": "$CID", "scene_description": "x" * 2001}, {"scene_description"}),
+    ({"character_id": "$CID", "scene_description": SCENE, "duration_seconds": 4},
+     {"duration_seconds"}),
+    ({"character_id": "$CID", "scene_description": SCENE, "duration_seconds": 61},
+     {"duration_seconds"}),
+    ({"character_id": "$CID", "scene_description": SCENE, "duration_seconds": 8.5},
+     {"duration_seconds"}),
+    ({"character_id": "$CID", "scene_description": SCENE, "duration_seconds": "8"},
+     {"duration_seconds"}),
+    ({"character_id": "$CID", "scene_description": SCENE, "aspect_ratio": "2:3"},
+     {"aspect_ratio"}),
+    ({"character_id": "$CID", "scene_description": SCENE, "platform": "tiktok",
+      "type": "reel"}, {"type"}),
+    ({"character_id": "$CID", "scene_description": SCENE, "platform": "youtube",
+      "type": "story"}, {"type"}),
+    ({"character_id": "$CID", "scene_description": SCENE, "model_id": "nope"}, {"model_id"}),
+    ({"character_id": "$CID", "scene_description": SCENE, "quality_tier": "ultra"},
+     {"quality_tier"}),
+    ({"character_id": "$CID", "scene_description": SCENE, "model_id": "replicate-video-1",
+      "quality_tier": "draft"}, {"quality_tier"}),
+    ({"character_id": "$CID", "scene_description": SCENE, "caption": "c" * 2201}, {"caption"}),
+    ({"character_id": "$CID", "scene_description": SCENE, "hashtags": ["a"] * 31},
+     {"hashtags"}),
+    ({"character_id": "$CID", "scene_description": SCENE, "hashtags": ["no spaces"]},
+     {"hashtags"}),
+    ({"character_id": "$CID", "scene_description": SCENE, "planned_date": "soon"},
+     {"planned_date"}),
+    ({"character_id": "$CID", "scene_description": SCENE, "duraton_seconds": 8},
+     {"duraton_seconds"}),
+    ({"character_id": str(uuid4()), "scene_description": SCENE}, {"character_id"}),
+    ({"character_id": "$CID", "scene_description": 7, "duration_seconds": 99,
+      "platform": "tiktok", "type": "story", "extra": 1},
+     {"scene_description", "duration_seconds", "type", "extra"}),
+]
+
+
+@pytest.mark.parametrize(("raw", "fields"), BAD)
+async def test_bad_requests_name_every_field_and_create_nothing(
+    client: Client, pool: asyncpg.Pool, raw: dict[str, Any], fields: set[str]
+) -> None:
+    ws = await client.workspace()
+    cid = await client.character(ws["api_key"])
+    body = {k: (cid if v == "$CID" else v) for k, v in raw.items()}
+    before = await counts(pool, ws["id"])
+    status, problem, headers = await client.call("POST", "/v1/videos", ws["api_key"], body)
+    assert status == 422, problem
+    assert headers["Content-Type"].startswith("application/problem+json")
+    assert {e["field"] for e in problem["errors"]} == fields
+    assert await counts(pool, ws["id"]) == before
+
+
+async def test_another_workspaces_character_and_video_are_invisible(client: Client) -> None:
+    a, b = await client.workspace(), await client.workspace()
+    cid_a = await client.character(a["api_key"])
+    status, problem, _ = await client.call(
+        "POST", "/v1/videos", b["api_key"], {"character_id": cid_a, "scene_description": SCENE})
+    assert status == 422
+    assert problem["errors"][0]["field"] == "character_id"
+    _, video, _ = await client.call(
+        "POST", "/v1/videos", a["api_key"], {"character_id": cid_a, "scene_description": SCENE})
+    for path in (f"/v1/videos/{video['id']}", f"/v1/characters/{cid_a}", "/v1/videos/nope"):
+        status, _, _ = await client.call("GET", path, b["api_key"])
+        assert status == 404
+
+
+@pytest.mark.parametrize(
+    ("data", "content_type", "status"),
+    [("not json", "application/json", 400), ("[1, 2]", "application/json", 422),
+     ('{"a": 1}', "text/plain", 415), ("x" * (1024 * 1024 + 10), "application/json", 413)],
+)
+async def test_malformed_bodies(client: Client, pool: asyncpg.Pool, data: str,
+                                content_type: str, status: int) -> None:
+    ws = await client.workspace()
+    before = await counts(pool, ws["id"])
+    got, problem, headers = await client.call(
+        "POST", "/v1/videos", ws["api_key"], data=data.encode(),
+        headers={"Content-Type": content_type})
+    assert got == status
+    assert headers["Content-Type"].startswith("application/problem+json")
+    assert problem["status"] == status
+    assert await counts(pool, ws["id"]) == before
+
+
+async def test_short_balance_is_402_and_creates_nothing(client: Client,
+                                                        pool: asyncpg.Pool) -> None:
+    ws = await client.workspace(credits=10)
+    cid = await client.character(ws["api_key"])
+    before = await counts(pool, ws["id"])
+    status, problem, _ = await client.call("POST", "/v1/videos", ws["api_key"], {
+        "character_id": cid, "scene_description": SCENE, "duration_seconds": 12})
+    assert status == 402
+    assert (problem["quote"], problem["available"], problem["shortfall"]) == (12, 10, 2)
+    assert await counts(pool, ws["id"]) == before
+
+
+async def test_concurrent_requests_never_overdraw(client: Client, pool: asyncpg.Pool) -> None:
+    ws = await client.workspace(credits=40)
+    cid = await client.character(ws["api_key"])
+    results = await asyncio.gather(*(client.call("POST", "/v1/videos", ws["api_key"], {
+        "character_id": cid, "scene_description": SCENE}) for _ in range(10)))
+    assert sorted(r[0] for r in results) == [202] * 5 + [402] * 5
+    _, credits, _ = await client.call("GET", "/v1/credits", ws["api_key"])
+    assert (credits["reserved"], credits["available"]) == (40, 0)
+
+
+async def test_dry_run_quotes_and_stores_nothing(client: Client, pool: asyncpg.Pool) -> None:
+    ws = await client.workspace()
+    cid = await client.character(ws["api_key"])
+    before = await counts(pool, ws["id"])
+    status, result, _ = await client.call(
+        "POST", "/v1/videos?dry_run=true", ws["api_key"],
+        {"character_id": cid, "scene_description": "a woman", "quality_tier": "premium",
+         "platform": "tiktok"})
+    assert status == 200
+    assert result["credits"]["quoted"] == 16
+    assert result["request"]["type"] == "short"
+    assert result["scene_feedback"]["missing"] == ["setting", "action", "mood", "framing",
+                                                   "pacing"]
+    assert await counts(pool, ws["id"]) == before
+
+
+async def test_idempotency_key_replays_refuses_and_blocks(client: Client,
+                                                          pool: asyncpg.Pool) -> None:
+    ws = await client.workspace()
+    key = ws["api_key"]
+    cid = await client.character(key)
+    body = {"character_id": cid, "scene_description": SCENE}
+    first = await client.call("POST", "/v1/videos", key, body, headers={"Idempotency-Key": "k1"})
+    again = await client.call("POST", "/v1/videos", key, body, headers={"Idempotency-Key": "k1"})
+    assert first[0] == again[0] == 202
+    assert first[1] == again[1]
+    assert again[2]["Idempotent-Replayed"] == "true"
+    other = await client.call("POST", "/v1/videos", key, {**body, "duration_seconds": 9},
+                              headers={"Idempotency-Key": "k1"})
+    assert other[0] == 422
+    async with pool.acquire() as conn:  # a first request still in flight
+        claim = await idempotency.claim(conn, workspace_id=UUID(ws["id"]), key="k2",
+                                        digest=idempotency.request_hash(body))
+    assert claim.owned
+    busy = await client.call("POST", "/v1/videos", key, body, headers={"Idempotency-Key": "k2"})
+    assert busy[0] == 409
+    assert busy[2]["Retry-After"] == "1"
+    assert (await counts(pool, ws["id"]))[0] == 1
+
+
+async def test_concurrent_duplicates_create_one_item(client: Client, pool: asyncpg.Pool) -> None:
+    ws = await client.workspace()
+    cid = await client.character(ws["api_key"])
+    body = {"character_id": cid, "scene_description": SCENE}
+    results = await asyncio.gather(*(client.call(
+        "POST", "/v1/videos", ws["api_key"], body, headers={"Idempotency-Key": "same"})
+        for _ in range(8)))
+    assert {r[0] for r in results} <= {202, 409}
+    assert len({r[1]["id"] for r in results if r[0] == 202}) == 1
+    assert (await counts(pool, ws["id"]))[0] == 1
+
+
+async def test_refused_request_frees_its_key(client: Client) -> None:
+    ws = await client.workspace(credits=5)
+    cid = await client.character(ws["api_key"])
+    body = {"character_id": cid, "scene_description": SCENE}
+    status, _, _ = await client.call("POST", "/v1/videos", ws["api_key"], body,
+                                     headers={"Idempotency-Key": "retry-me"})
+    assert status == 402
+    await client.call("POST", f"/v1/admin/workspaces/{ws['id']}/credits", ADMIN,
+                      {"amount": 100, "reason": "top-up"})
+    status, _, _ = await client.call("POST", "/v1/videos", ws["api_key"], body,
+                                     headers={"Idempotency-Key": "retry-me"})
+    assert status == 202
+
+
+async def test_list_filters_and_stable_cursor(client: Client) -> None:
+    ws = await client.workspace(credits=10_000)
+    key = ws["api_key"]
+    manual, auto = await client.character(key), await client.character(key, "autopilot")
+    made = []
+    for i in range(7):
+        _, v, _ = await client.call("POST", "/v1/videos", key, {
+            "character_id": manual if i % 2 else auto, "scene_description": SCENE,
+            "platform": "tiktok" if i < 3 else "instagram",
+            "planned_date": f"2026-12-0{i + 1}"})
+        made.append(v["id"])
+    status, page1, _ = await client.call("GET", "/v1/videos?limit=3", key)
+    assert status == 200
+    assert [v["id"] for v in page1["items"]] == made[::-1][:3]
+    # An insert between pages does not shift the next page.
+    await client.call("POST", "/v1/videos", key, {"character_id": manual,
+                                                  "scene_description": SCENE})
+    _, page2, _ = await client.call("GET", f"/v1/videos?limit=3&cursor={page1['next_cursor']}",
+                                    key)
+    _, page3, _ = await client.call("GET", f"/v1/videos?limit=3&cursor={page2['next_cursor']}",
+                                    key)
+    assert [v["id"] for v in page2["items"] + page3["items"]] == made[::-1][3:]
+    assert page3["next_cursor"] is None
+    _, tiktok, _ = await client.call("GET", "/v1/videos?platform=tiktok", key)
+    assert len(tiktok["items"]) == 3
+    _, by_char, _ = await client.call("GET", f"/v1/videos?character_id={auto}", key)
+    assert len(by_char["items"]) == 4
+    _, planned, _ = await client.call(
+        "GET", "/v1/videos?planned_from=2026-12-02&planned_to=2026-12-04", key)
+    assert len(planned["items"]) == 3
+    status, problem, _ = await client.call("GET", "/v1/videos?limit=0&status=bogus", key)
+    assert status == 422
+    assert {e["field"] for e in problem["errors"]} == {"limit", "status"}
+    status, _, _ = await client.call("GET", "/v1/videos?cursor=garbage", key)
+    assert status == 422
+
+
+async def test_rate_limit_answers_429_with_retry_after(infra: Infra, pool: asyncpg.Pool) -> None:
+    app = build_app(api_settings(infra, rate_limit_per_second=1, rate_limit_burst=3), pool,
+                    make_broker(infra.bootstrap_servers, "test-api-rl"))
+    server = TestServer(app)
+    await server.start_server()
+    try:
+        async with aiohttp.ClientSession() as session:
+            c = Client(session, str(server.make_url("")).rstrip("/"))
+            ws = await c.workspace()
+            statuses = [(await c.call("GET", "/v1/credits", ws["api_key"])) for _ in range(5)]
+            assert [s[0] for s in statuses] == [200, 200, 200, 429, 429]
+            assert int(statuses[3][2]["Retry-After"]) >= 1
+            other = await c.workspace()  # the limit is per workspace
+            assert (await c.call("GET", "/v1/credits", other["api_key"]))[0] == 200
+    finally:
+        await server.close()
+
+
+async def test_characters_can_be_edited(client: Client) -> None:
+    ws = await client.workspace()
+    cid = await client.character(ws["api_key"])
+    status, ch, _ = await client.call("PATCH", f"/v1/characters/{cid}", ws["api_key"],
+                                      {"review_mode": "autopilot"})
+    assert status == 200
+    assert ch["review_mode"] == "autopilot"
+    status, _, _ = await client.call("PATCH", f"/v1/characters/{cid}", ws["api_key"],
+                                           {"review_mode": "sometimes"})
+    assert status == 422
+    _, listed, _ = await client.call("GET", "/v1/characters", ws["api_key"])
+    assert [c["id"] for c in listed["items"]] == [cid]
