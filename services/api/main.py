@@ -16,6 +16,7 @@ from services.api.keys import BROKER, DEPS, LIMITER, POOL, SETTINGS
 from services.api.ratelimit import RateLimiter
 from services.api.routes import errors_and_auth, routes
 from services.api.settings import ApiSettings
+from services.api.video_routes import routes as video_routes
 from shared.catalog import Catalog
 from shared.db import create_pool, migrate
 from shared.kafka import make_broker
@@ -45,6 +46,7 @@ def build_app(settings: ApiSettings, pool: asyncpg.Pool, broker: KafkaBroker,
     app[DEPS] = deps or intake_deps(settings, pool)
     app[LIMITER] = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
     app.add_routes(routes)
+    app.add_routes(video_routes)
     settings.media_dir.mkdir(parents=True, exist_ok=True)
     app.router.add_static("/media/", settings.media_dir, follow_symlinks=False)
     return app

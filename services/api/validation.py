@@ -72,7 +72,9 @@ class VideoRequest(BaseModel):
 
     @field_validator("planned_date")
     @classmethod
-    def _planned(cls, value: str) -> str:
+    def _planned(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         try:
             if "T" in value or " " in value:
                 datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -103,14 +105,14 @@ class RequestInvalid(Exception):
         self.errors = errors
 
 
-def _loc(loc: tuple[int | str, ...]) -> str:
+def error_location(loc: tuple[int | str, ...]) -> str:
     out = ""
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out or "body"
 
 
-def _message(err: Any) -> str:
+def error_message(err: Any) -> str:
     kind = err["type"]
     if kind == "extra_forbidden":
         return "unknown field"
@@ -130,7 +132,8 @@ def validate_request(body: object, catalog: Catalog) -> ValidRequest:
         parsed = VideoRequest.model_validate(body)
     except ValidationError as exc:
         errors.extend(
-            FieldError(field=_loc(e["loc"]), message=_message(e)) for e in exc.errors()
+            FieldError(field=error_location(e["loc"]), message=error_message(e))
+            for e in exc.errors()
         )
     failed = {e.field.split("[")[0].split(".")[0] for e in errors}
 

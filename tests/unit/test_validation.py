@@ -112,6 +112,14 @@ def test_hashtags_lose_their_hash_and_dates_are_accepted() -> None:
     assert validate_request(body(planned_date="2026-12-01"), CATALOG).request.planned_date
 
 
+def test_explicit_nulls_mean_absent() -> None:
+    """Found by schemathesis: `"planned_date": null` crashed the validator."""
+    valid = validate_request(body(type=None, planned_date=None, caption=None, cta=None,
+                                  model_id=None), CATALOG)
+    assert (valid.type, valid.request.planned_date, valid.model.id) == (
+        "reel", None, CATALOG.default_model)
+
+
 @given(st.integers(min_value=-1000, max_value=1000))
 def test_duration_range_is_exactly_5_to_60(duration: int) -> None:
     raw = body(duration_seconds=duration)

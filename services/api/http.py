@@ -1,0 +1,62 @@
+"""Helpers the views share: JSON in and out, parsing into pydantic models, ids."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+from uuid import UUID
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from services.api.handlers import NotFound
+from services.api.validation import RequestInvalid, error_location, error_message
+from shared.events import FieldError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def ok(model: BaseModel, status: int = 200, headers: dict[str, str] | None = None
+       ) -> web.Response:
+    return web.Response(status=status, text=model.model_dump_json(),
+                        content_type="application/json", headers=headers)
+
+
+def _problem_error(status: int, title: str, detail: str) -> dict[str, Any]:
+    return {"text": json.dumps({"type": "about:blank", "title": title, "status": status,
+                                "detail": detail}),
+            "content_type": "application/problem+json"}
+
+
+async def read_json(request: web.Request) -> Any:
+    if request.content_type != "application/json":
+        raise web.HTTPUnsupportedMediaType(**_problem_error(
+            415, "Unsupported media type", "send Content-Type: application/json"))
+    try:
+        return await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise web.HTTPBadRequest(**_problem_error(400, "Malformed JSON", str(exc))) from None
+
+
+def parse(model: type[M], data: Any) -> M:
+    """Validate into `model`; RequestInvalid names every offending field."""
+    if not isinstance(data, dict):
+        raise RequestInvalid([FieldError(field="body", message="must be a JSON object")])
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise RequestInvalid([
+            FieldError(field=error_location(e["loc"]), message=error_message(e))
+            for e in exc.errors()
+        ]) from None
+
+
+async def body_of(request: web.Request, model: type[M]) -> M:
+    return parse(model, await read_json(request))
+
+
+def uuid_param(request: web.Request, name: str = "id") -> UUID:
+    try:
+        return UUID(request.match_info[name])
+    except ValueError:
+        raise NotFound() from None

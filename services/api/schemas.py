@@ -1,0 +1,150 @@
+"""Request and response models of the HTTP API. The views parse and serialise with these,
+and `/openapi.json` is generated from them, so the document cannot drift from the code."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any, Literal
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from services.api.validation import VideoRequest
+from shared.events import (
+    AspectRatio,
+    FieldError,
+    Platform,
+    ReviewMode,
+    SceneFeedback,
+    VideoResource,
+    VideoStatus,
+)
+
+__all__ = ["VideoRequest", "VideoResource"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class WorkspaceIn(Strict):
+    name: str = Field(min_length=1, max_length=200)
+    credits: int = Field(default=0, ge=0, le=1_000_000_000)
+    sandbox: bool = False
+
+
+class WorkspaceCreated(BaseModel):
+    id: UUID
+    name: str
+    api_key: str = Field(description="Shown once; only its hash is stored.")
+    credits_balance: int
+    sandbox: bool
+
+
+class CreditsIn(Strict):
+    amount: int = Field(gt=0, le=1_000_000_000)
+    reason: str = Field(min_length=1, max_length=500)
+
+
+class CharacterIn(Strict):
+    name: str = Field(min_length=1, max_length=200)
+    review_mode: ReviewMode = "manual"
+    reference_image_url: str | None = Field(default=None, max_length=2000)
+
+
+class CharacterPatch(Strict):
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    review_mode: ReviewMode | None = None
+    reference_image_url: str | None = Field(default=None, max_length=2000)
+
+
+class Character(BaseModel):
+    id: UUID
+    name: str
+    review_mode: ReviewMode
+    reference_image_url: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class CharacterList(BaseModel):
+    items: list[Character]
+
+
+class LedgerEntry(BaseModel):
+    id: int
+    kind: Literal["grant", "reserve", "charge", "release"]
+    amount: int
+    job_id: UUID | None
+    reason: str | None
+    created_at: datetime
+
+
+class Credits(BaseModel):
+    balance: int = Field(description="grants - charges")
+    reserved: int = Field(description="open reservations")
+    available: int = Field(description="balance - reserved; never negative")
+    ledger: list[LedgerEntry] = Field(default_factory=list, description="newest first")
+
+
+class TierInfo(BaseModel):
+    credits_per_second: float
+    short_side: int
+    resolutions: dict[str, str]
+
+
+class ModelInfo(BaseModel):
+    id: str
+    provider: str
+    description: str
+    default: bool
+    fps: int
+    durations: dict[str, int]
+    aspect_ratios: list[AspectRatio]
+    tiers: dict[str, TierInfo]
+
+
+class ModelList(BaseModel):
+    default_model: str
+    items: list[ModelInfo]
+
+
+class VideoQuery(Strict):
+    status: VideoStatus | None = None
+    character_id: UUID | None = None
+    platform: Platform | None = None
+    planned_from: datetime | date | None = None
+    planned_to: datetime | date | None = None
+    limit: int = Field(default=20, ge=1, le=100)
+    cursor: str | None = None
+
+
+class VideoList(BaseModel):
+    items: list[VideoResource]
+    next_cursor: str | None
+
+
+class DryRunQuote(BaseModel):
+    quoted: int
+
+
+class DryRun(BaseModel):
+    valid: bool
+    request: dict[str, Any] = Field(description="The request with every default applied.")
+    credits: DryRunQuote
+    scene_feedback: SceneFeedback
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str | None = None
+    errors: list[FieldError] | None = None
+
+
+class Health(BaseModel):
+    status: str
+    checks: dict[str, str] | None = None

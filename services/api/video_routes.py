@@ -1,0 +1,145 @@
+"""HTTP views of videos: create (idempotent), dry run, read, list."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, date, datetime, time
+from typing import Any
+from uuid import UUID
+
+from aiohttp import web
+
+from services.api import handlers, idempotency
+from services.api.http import ok, parse, read_json, uuid_param
+from services.api.keys import DEPS, POOL, workspace_of
+from services.api.openapi import operation
+from services.api.problems import problem
+from services.api.schemas import DryRun, VideoList, VideoQuery, VideoRequest
+from services.api.validation import RequestInvalid
+from shared.events import FieldError, VideoResource
+from shared.videos import fetch_video, list_videos
+
+routes = web.RouteTableDef()
+
+
+def _accepted(resource: VideoResource, replayed: bool = False) -> web.Response:
+    headers = {"Location": f"/v1/videos/{resource.id}"}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return ok(resource, 202, headers)
+
+
+@routes.post("/v1/videos")
+@operation(
+    summary="Request a video (202: the content item and job exist); ?dry_run=true judges, "
+    "quotes and gives scene feedback without storing anything",
+    responses={202: VideoResource, 200: DryRun, 402: None, 409: None},
+    body=VideoRequest, query=None, tags=("videos",),
+    headers={"Idempotency-Key": "Kept 24 hours: the same key and body returns the first "
+             "response; another body 422; while the first is in flight 409"},
+)
+async def create_video(request: web.Request) -> web.Response:
+    deps = request.app[DEPS]
+    body = await read_json(request)
+    valid = handlers.judge(body, deps.catalog)
+    if request.query.get("dry_run") in ("true", "1"):
+        return ok(DryRun.model_validate(handlers.dry_run(valid)))
+    workspace = workspace_of(request)
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        async with deps.pool.acquire() as conn, conn.transaction():
+            resource = await handlers.create_video(deps, workspace, valid, source="http",
+                                                   conn=conn)
+        return _accepted(resource)
+    if not 1 <= len(key) <= 255:
+        raise RequestInvalid([FieldError(field="Idempotency-Key",
+                                         message="must be 1 to 255 characters")])
+    digest = idempotency.request_hash(body)
+    async with deps.pool.acquire() as conn:
+        claim = await idempotency.claim(conn, workspace_id=workspace.id, key=key, digest=digest)
+        if claim.conflict:
+            return problem(422, "Idempotency-Key reused",
+                           "this key was used with a different request body")
+        if not claim.owned:
+            if claim.status is None:
+                return problem(409, "Request in progress",
+                               "a request with this Idempotency-Key is still being processed",
+                               headers={"Retry-After": "1"})
+            return _accepted(VideoResource.model_validate(claim.body), replayed=True)
+        try:
+            async with conn.transaction():
+                resource = await handlers.create_video(deps, workspace, valid, source="http",
+                                                       conn=conn)
+                await idempotency.complete(
+                    conn, workspace_id=workspace.id, key=key, status=202,
+                    body=resource.model_dump(mode="json"), video_id=resource.id)
+        except BaseException:
+            # Refused or failed: nothing was created, so a retry with this key may run.
+            await idempotency.release(conn, workspace_id=workspace.id, key=key)
+            raise
+    return _accepted(resource)
+
+
+@routes.get("/v1/videos/{id}")
+@operation(summary="The video's status resource", responses={200: VideoResource, 404: None},
+           tags=("videos",))
+async def get_video(request: web.Request) -> web.Response:
+    async with request.app[POOL].acquire() as conn:
+        resource = await fetch_video(conn, uuid_param(request), workspace_of(request).id)
+    if resource is None:
+        raise handlers.NotFound()
+    return ok(resource)
+
+
+def _cursor(resource: VideoResource) -> str:
+    raw = f"{resource.created_at.isoformat()}|{resource.id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode()
+
+
+def _parse_cursor(cursor: str) -> tuple[datetime, UUID]:
+    try:
+        created, vid = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
+        return datetime.fromisoformat(created), UUID(vid)
+    except (ValueError, UnicodeDecodeError):
+        raise RequestInvalid(
+            [FieldError(field="cursor", message="not a cursor from this API")]
+        ) from None
+
+
+def _instant(value: datetime | date, end: bool) -> datetime:
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    return datetime.combine(value, time.max if end else time.min).replace(tzinfo=UTC)
+
+
+@routes.get("/v1/videos")
+@operation(summary="The workspace's videos, newest first, with a cursor stable under inserts",
+           responses={200: VideoList}, query=VideoQuery, tags=("videos",))
+async def list_(request: web.Request) -> web.Response:
+    q = parse(VideoQuery, dict(request.query))
+    where = ["v.workspace_id = $1"]
+    args: list[Any] = [workspace_of(request).id]
+
+    def add(sql: str, *values: Any) -> None:
+        for value in values:
+            args.append(value)
+            sql = sql.replace("?", f"${len(args)}", 1)
+        where.append(sql)
+
+    if q.status:
+        add("v.status = ?", q.status)
+    if q.character_id:
+        add("v.character_id = ?", q.character_id)
+    if q.platform:
+        add("v.platform = ?", q.platform)
+    if q.planned_from:
+        add("v.planned_at >= ?", _instant(q.planned_from, end=False))
+    if q.planned_to:
+        add("v.planned_at <= ?", _instant(q.planned_to, end=True))
+    if q.cursor:
+        add("(v.created_at, v.id) < (?, ?)", *_parse_cursor(q.cursor))
+    async with request.app[POOL].acquire() as conn:
+        items = await list_videos(conn, " AND ".join(where), args, q.limit + 1)
+    more = len(items) > q.limit
+    items = items[: q.limit]
+    return ok(VideoList(items=items, next_cursor=_cursor(items[-1]) if more else None))
