@@ -47,6 +47,7 @@ lint: $(STAMP)
 	$(PY) -m mypy
 
 bench: $(STAMP)
+	@bash deploy/kafka/fetch.sh >/dev/null
 	$(PY) -m bench
 
 clean:

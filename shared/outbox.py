@@ -39,13 +39,14 @@ OUTBOX_ID_HEADER = "outbox-id"
 async def enqueue(conn: Conn, *, topic: str, key: str, event: BaseModel) -> None:
     """Add an event to the outbox; call inside the transaction of the effect it reports."""
     await conn.execute(
-        "INSERT INTO outbox (topic, key, event_id, payload) VALUES ($1, $2, $3, $4)",
+        "WITH row AS (INSERT INTO outbox (topic, key, event_id, payload)"
+        " VALUES ($1, $2, $3, $4)) SELECT pg_notify($5, '')",
         topic,
         key,
         event.event_id,  # type: ignore[attr-defined]
         event.model_dump_json().encode(),
+        NOTIFY_CHANNEL,
     )
-    await conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
 
 
 class OutboxRelay:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from typing import Any
 
 KEY_PREFIX = "ifg_"
 
@@ -20,3 +21,25 @@ def hash_key(key: str) -> bytes:
 
 def token_matches(given: str, expected: str) -> bool:
     return bool(expected) and hmac.compare_digest(given.encode(), expected.encode())
+
+
+class KeyCache:
+    """Workspaces by API key hash for `ttl` seconds: saves a query on every request.
+
+    Keys cannot be revoked yet; when they can, revocation takes effect within `ttl`."""
+
+    def __init__(self, ttl: float = 10.0, max_entries: int = 10_000) -> None:
+        self._ttl = ttl
+        self._max = max_entries
+        self._entries: dict[bytes, tuple[float, Any]] = {}
+
+    def get(self, key_hash: bytes, now: float) -> Any:
+        entry = self._entries.get(key_hash)
+        if entry is None or entry[0] < now:
+            return None
+        return entry[1]
+
+    def put(self, key_hash: bytes, value: Any, now: float) -> None:
+        if len(self._entries) >= self._max:
+            self._entries.clear()
+        self._entries[key_hash] = (now + self._ttl, value)

@@ -3,6 +3,7 @@ call these; neither holds SQL or business rules."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -12,7 +13,7 @@ import asyncpg
 
 from services.api import idempotency
 from services.api import repository as repo
-from services.api.auth import hash_key, new_api_key
+from services.api.auth import KeyCache, hash_key, new_api_key
 from services.api.scene import scene_feedback
 from services.api.validation import RequestInvalid, ValidRequest, planned_at, validate_request
 from shared import outbox
@@ -85,10 +86,19 @@ async def create_workspace(
     }
 
 
-async def authenticate(pool: asyncpg.Pool, api_key: str) -> Workspace | None:
+async def authenticate(pool: asyncpg.Pool, api_key: str, cache: KeyCache) -> Workspace | None:
+    key_hash = hash_key(api_key)
+    now = time.monotonic()
+    found: Workspace | None = cache.get(key_hash, now)
+    if found is not None:
+        return found
     async with pool.acquire() as conn:
-        row = await repo.workspace_by_key(conn, key_hash=hash_key(api_key))
-    return Workspace(id=row["id"], name=row["name"], sandbox=row["sandbox"]) if row else None
+        row = await repo.workspace_by_key(conn, key_hash=key_hash)
+    if row is None:
+        return None
+    found = Workspace(id=row["id"], name=row["name"], sandbox=row["sandbox"])
+    cache.put(key_hash, found, now)
+    return found
 
 
 async def workspace_by_id(conn: Conn, workspace_id: UUID) -> Workspace | None:
@@ -127,9 +137,6 @@ async def create_video(
         raise CharacterNotFound()
     video_id, job_id = uuid4(), uuid4()
     quote = valid.quote
-    held = await repo.reserve(conn, workspace_id=workspace.id, job_id=job_id, amount=quote)
-    if not held["ok"]:
-        raise InsufficientCredits(quote, int(held["available"]))
     renderer = deps.catalog.by_provider("sandbox") if workspace.sandbox else valid.model
     assert renderer is not None, "the catalog has no sandbox model"
     tier = req.quality_tier if req.quality_tier in renderer.tiers else next(iter(renderer.tiers))
@@ -164,6 +171,11 @@ async def create_video(
     await outbox.enqueue(conn, topic=TOPIC_JOBS, key=str(video_id), event=event)
     resource = await fetch_video(conn, video_id)
     assert resource is not None
+    # Last: the reservation locks the workspace's row until commit (a refusal rolls back
+    # everything above with the caller's transaction).
+    held = await repo.reserve(conn, workspace_id=workspace.id, job_id=job_id, amount=quote)
+    if not held["ok"]:
+        raise InsufficientCredits(quote, int(held["available"]))
     return resource
 
 

@@ -6,6 +6,7 @@ import asyncpg
 from aiohttp import web
 from faststream.kafka import KafkaBroker
 
+from services.api.auth import KeyCache
 from services.api.handlers import IntakeDeps, Workspace
 from services.api.ratelimit import RateLimiter
 from services.api.settings import ApiSettings
@@ -15,6 +16,7 @@ POOL = web.AppKey("pool", asyncpg.Pool)
 DEPS = web.AppKey("deps", IntakeDeps)
 BROKER = web.AppKey("broker", KafkaBroker)
 LIMITER = web.AppKey("limiter", RateLimiter)
+KEY_CACHE = web.AppKey("key_cache", KeyCache)
 WORKSPACE_KEY = "workspace"
 
 

@@ -11,8 +11,9 @@ from aiohttp import web
 from faststream.kafka import KafkaBroker
 
 from services.api import consumer, idempotency
+from services.api.auth import KeyCache
 from services.api.handlers import IntakeDeps
-from services.api.keys import BROKER, DEPS, LIMITER, POOL, SETTINGS
+from services.api.keys import BROKER, DEPS, KEY_CACHE, LIMITER, POOL, SETTINGS
 from services.api.ratelimit import RateLimiter
 from services.api.routes import errors_and_auth, routes
 from services.api.settings import ApiSettings
@@ -45,6 +46,7 @@ def build_app(settings: ApiSettings, pool: asyncpg.Pool, broker: KafkaBroker,
     app[BROKER] = broker
     app[DEPS] = deps or intake_deps(settings, pool)
     app[LIMITER] = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
+    app[KEY_CACHE] = KeyCache()
     app.add_routes(routes)
     app.add_routes(video_routes)
     settings.media_dir.mkdir(parents=True, exist_ok=True)

@@ -45,29 +45,26 @@ async def grant(conn: Conn, *, workspace_id: UUID, amount: int, reason: str) -> 
     return True
 
 
-async def reserve(
-    conn: Conn, *, workspace_id: UUID, job_id: UUID, amount: int
-) -> asyncpg.Record:
-    """Hold `amount` credits; returns the workspace row with `ok` false when short."""
-    row = one(await conn.fetchrow(
+async def reserve(conn: Conn, *, workspace_id: UUID, job_id: UUID, amount: int) -> asyncpg.Record:
+    """Hold `amount` credits, with its ledger row, in one statement; `ok` false when short.
+
+    This locks the workspace's row until commit, so every request of a workspace passes
+    through it one at a time: call it last in the transaction, to hold the lock briefly."""
+    return one(await conn.fetchrow(
         """
         WITH upd AS (
             UPDATE workspaces SET credits_reserved = credits_reserved + $2
              WHERE id = $1 AND credits_balance - credits_reserved >= $2
-         RETURNING credits_balance, credits_reserved)
+         RETURNING id),
+        led AS (
+            INSERT INTO credit_ledger (workspace_id, kind, amount, job_id, reason)
+            SELECT id, 'reserve', $2, $3, 'video request' FROM upd)
         SELECT (SELECT count(*) FROM upd) = 1 AS ok,
-               w.credits_balance - w.credits_reserved AS available
-          FROM workspaces w WHERE w.id = $1
+               (SELECT credits_balance - credits_reserved FROM workspaces WHERE id = $1)
+                   AS available
         """,
-        workspace_id, amount,
+        workspace_id, amount, job_id,
     ))
-    if row["ok"]:
-        await conn.execute(
-            "INSERT INTO credit_ledger (workspace_id, kind, amount, job_id, reason)"
-            " VALUES ($1, 'reserve', $2, $3, 'video request')",
-            workspace_id, amount, job_id,
-        )
-    return row
 
 
 async def credits(conn: Conn, *, workspace_id: UUID, limit: int) -> dict[str, Any]:

@@ -15,7 +15,16 @@ from services.api import handlers
 from services.api import repository as repo
 from services.api.auth import token_matches
 from services.api.http import body_of, ok, uuid_param
-from services.api.keys import BROKER, DEPS, LIMITER, POOL, SETTINGS, WORKSPACE_KEY, workspace_of
+from services.api.keys import (
+    BROKER,
+    DEPS,
+    KEY_CACHE,
+    LIMITER,
+    POOL,
+    SETTINGS,
+    WORKSPACE_KEY,
+    workspace_of,
+)
 from services.api.openapi import build as build_openapi
 from services.api.openapi import operation
 from services.api.problems import invalid, problem
@@ -52,7 +61,8 @@ async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamR
         header = request.headers.get("Authorization", "")
         if not header.startswith("Bearer "):
             return problem(401, "Unauthorized", "send Authorization: Bearer <api key>")
-        ws = await handlers.authenticate(request.app[POOL], header.removeprefix("Bearer ").strip())
+        ws = await handlers.authenticate(request.app[POOL], header.removeprefix("Bearer ").strip(),
+                                         request.app[KEY_CACHE])
         if ws is None:
             return problem(401, "Unauthorized", "unknown API key")
         wait = request.app[LIMITER].check(ws.id)

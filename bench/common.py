@@ -1,0 +1,87 @@
+"""What every benchmark needs: the machine's facts, a throwaway stack, result files."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from devstack.proc import free_port
+from devstack.stack import Stack
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict[str, Any]:
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cores": os.cpu_count(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "load_average_at_start": os.getloadavg(),
+    }
+
+
+def write_result(name: str, data: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    data = {"benchmark": name, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "machine": machine(), **data}
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    return path
+
+
+@contextmanager
+def bench_stack(extra_env: dict[str, str] | None = None) -> Iterator[Stack]:
+    """A whole stack of its own (PostgreSQL, Kafka, three services) in a temporary directory."""
+    run_dir = Path(tempfile.mkdtemp(prefix="influgen-bench-"))
+    stack = Stack(run_dir, api_port=free_port(), pg_port=free_port(), kafka_port=free_port(),
+                  kafka_controller_port=free_port(), extra_env=extra_env)
+    try:
+        stack.up()
+        yield stack
+    finally:
+        stack.down()
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process and its children (the generator's render pool)."""
+    proc = psutil.Process(pid)
+    total = proc.memory_info().rss
+    for child in proc.children(recursive=True):
+        with suppress(psutil.NoSuchProcess):
+            total += child.memory_info().rss
+    return round(float(total) / 2**20, 1)
+
+
+def vegeta() -> str:
+    """The vegeta load generator (open model, constant rate), built from the Go proxy once."""
+    cached = Path.home() / ".cache" / "influgen" / "bin" / "vegeta"
+    if cached.exists():
+        return str(cached)
+    found = shutil.which("vegeta")
+    if found:
+        return found
+    subprocess.run(["go", "install", "github.com/tsenart/vegeta/v12@v12.12.0"], check=True,
+                   env={**os.environ, "GOBIN": str(cached.parent)})
+    return str(cached)

@@ -1,0 +1,133 @@
+"""Intake: accepted requests per second at saturation, and latency at fixed rates, with the
+whole stack running (sandbox workspace), beside two baselines from the same run: a bare
+aiohttp handler, and one-row insert transactions through asyncpg."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from typing import Any
+
+import asyncpg
+
+from bench.common import bench_stack, rss_mb, write_result
+from bench.load import Target, attack
+from devstack.proc import free_port, terminate
+from devstack.stack import Stack
+
+RATES = (250, 500, 1000)
+SECONDS = 10.0
+SCENE = "Walking through a hotel lobby at golden hour, slow push-in, confident energy"
+
+
+def _post(url: str, token: str, body: Any) -> Any:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST", headers={
+        "Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def bare_aiohttp(body: bytes) -> dict[str, Any]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "bench.bare_server", str(port)],
+                            start_new_session=True)
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1)
+            except urllib.error.HTTPError:
+                break
+            except OSError:
+                time.sleep(0.1)
+        target = Target("POST", f"http://127.0.0.1:{port}/v1/videos", body,
+                        {"Content-Type": "application/json"})
+        return {"saturation": attack(target, rate=0, seconds=SECONDS, ok=202),
+                "rates": [attack(target, rate=r, seconds=SECONDS, ok=202) for r in RATES]}
+    finally:
+        terminate(proc.pid)
+
+
+async def asyncpg_inserts(dsn: str, seconds: float = SECONDS, concurrency: int = 32
+                          ) -> dict[str, Any]:
+    pool = await asyncpg.create_pool(dsn, min_size=concurrency, max_size=concurrency)
+    assert pool is not None
+    await pool.execute("CREATE TABLE IF NOT EXISTS bench_rows"
+                       " (id bigserial PRIMARY KEY, payload jsonb, created_at timestamptz"
+                       " DEFAULT now())")
+    done = 0
+    stop = time.monotonic() + seconds
+
+    async def worker() -> None:
+        nonlocal done
+        while time.monotonic() < stop:
+            async with pool.acquire() as conn, conn.transaction():
+                await conn.execute("INSERT INTO bench_rows (payload) VALUES ($1)", '{"a": 1}')
+            done += 1
+
+    started = time.monotonic()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.monotonic() - started
+    await pool.execute("DROP TABLE bench_rows")
+    await pool.close()
+    return {"transactions_per_second": round(done / elapsed, 1), "concurrency": concurrency}
+
+
+def memory(stack: Stack) -> dict[str, float]:
+    pids = {name: stack.service_pid(name) for name in ("api", "generator", "finalizer")}
+    return {name: rss_mb(pid) for name, pid in pids.items() if pid}
+
+
+def run() -> dict[str, Any]:
+    env = {"INFLUGEN_RATE_LIMIT_PER_SECOND": "0", "INFLUGEN_LOG_LEVEL": "WARNING"}
+    with bench_stack(env) as stack:
+        ws = _post(f"{stack.api_url}/v1/admin/workspaces", stack.admin_token,
+                   {"name": "bench", "credits": 1_000_000_000, "sandbox": True})
+        character = _post(f"{stack.api_url}/v1/characters", ws["api_key"],
+                          {"name": "Bench", "review_mode": "autopilot"})
+        body = json.dumps({"character_id": character["id"], "scene_description": SCENE,
+                           "duration_seconds": 5}).encode()
+        target = Target("POST", f"{stack.api_url}/v1/videos", body, {
+            "Authorization": f"Bearer {ws['api_key']}", "Content-Type": "application/json"})
+        time.sleep(2)
+        idle = memory(stack)
+        attack(target, rate=200, seconds=3, ok=202)  # warm-up
+        saturation = attack(target, rate=0, seconds=SECONDS, ok=202)
+        rates = []
+        loaded: dict[str, float] = {}
+        for rate in RATES:
+            rates.append(attack(target, rate=rate, seconds=SECONDS, ok=202))
+            if rate == 1000:
+                loaded = memory(stack)
+        inserts = asyncio.run(asyncpg_inserts(stack.database_url))
+    bare = bare_aiohttp(body)
+    at_1000 = next(r for r in rates if r["target_rate"] == 1000)
+    result = {
+        "intake": {"saturation": saturation, "rates": rates},
+        "baseline_bare_aiohttp": bare,
+        "baseline_asyncpg_insert_transactions": inserts,
+        "memory_rss_mb": {"idle": idle, "under_1000_rps": loaded},
+        "ratios": {
+            "intake_vs_bare_aiohttp_saturation": round(
+                saturation["ok_per_second"] / bare["saturation"]["ok_per_second"], 3),
+            "intake_vs_asyncpg_transactions": round(
+                saturation["ok_per_second"] / inserts["transactions_per_second"], 3),
+        },
+        "goals": {"saturation_at_least_per_second": 1500, "p99_ms_at_1000_at_most": 50,
+                  "met_saturation": saturation["ok_per_second"] >= 1500,
+                  "met_p99": at_1000["latency_ms"]["p99"] <= 50
+                  and at_1000["ok"] >= 0.99 * at_1000["requests"]},
+    }
+    path = write_result("intake", result)
+    print(f"intake: {saturation['ok_per_second']} accepted/s at saturation "
+          f"(bare aiohttp {bare['saturation']['ok_per_second']}/s, asyncpg one-row inserts "
+          f"{inserts['transactions_per_second']}/s)")
+    for r in rates:
+        print(f"  {r['target_rate']}/s: p50 {r['latency_ms']['p50']} ms, p99 "
+              f"{r['latency_ms']['p99']} ms, p99.9 {r['latency_ms']['p99.9']} ms, "
+              f"ok {r['ok']}/{r['requests']}")
+    print(f"  memory idle {idle} MB; under 1000/s {loaded} MB -> {path}")
+    return result
