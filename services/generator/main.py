@@ -9,12 +9,16 @@ import socket
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 
+import aiohttp
 import asyncpg
+from prometheus_client import start_http_server
 
 from services.generator import consumer
 from services.generator.media import LocalMediaStore, MediaStore
+from services.generator.metrics import Metrics
 from services.generator.providers.base import Provider
 from services.generator.providers.builtin import LocalProvider, SandboxProvider
+from services.generator.providers.replicate import ReplicateProvider
 from services.generator.settings import GeneratorSettings
 from services.generator.worker import Worker, WorkerConfig
 from shared.db import create_pool, migrate
@@ -26,22 +30,34 @@ log = logging.getLogger("influgen.generator")
 
 
 def build_providers(
-    settings: GeneratorSettings, executor: ProcessPoolExecutor
+    settings: GeneratorSettings, executor: ProcessPoolExecutor, http: aiohttp.ClientSession
 ) -> dict[str, Provider]:
-    return {
+    providers: dict[str, Provider] = {
         "local": LocalProvider(executor, preset=settings.x264_preset),
         "sandbox": SandboxProvider(executor, settings.media_dir.parent / "sandbox-cache"),
     }
+    token = settings.replicate_api_token.get_secret_value()
+    if token:
+        providers["replicate"] = ReplicateProvider(
+            http, base_url=settings.replicate_base_url, token=token,
+            poll_interval=settings.replicate_poll_interval_seconds,
+            request_timeout=settings.provider_request_timeout_seconds,
+        )
+    return providers
 
 
 def build_worker(settings: GeneratorSettings, pool: asyncpg.Pool,
-                 providers: dict[str, Provider], media: MediaStore) -> Worker:
+                 providers: dict[str, Provider], media: MediaStore, metrics: Metrics) -> Worker:
     owner = settings.instance_id or f"{socket.gethostname()}:{os.getpid()}"
     return Worker(
-        pool=pool, providers=providers, media=media,
+        pool=pool, providers=providers, media=media, metrics=metrics,
         cfg=WorkerConfig(owner=owner, concurrency=settings.concurrency,
                          lease_seconds=settings.lease_seconds,
-                         poll_interval=settings.poll_interval_seconds),
+                         poll_interval=settings.poll_interval_seconds,
+                         max_attempts=settings.max_attempts,
+                         retry_base_seconds=settings.retry_base_seconds,
+                         retry_cap_seconds=settings.retry_cap_seconds,
+                         watch_interval=settings.watch_interval_seconds),
     )
 
 
@@ -52,7 +68,12 @@ async def serve(settings: GeneratorSettings) -> None:
     )
     executor = ProcessPoolExecutor(settings.render_processes, mp_context=get_context("spawn"))
     media = LocalMediaStore(settings.media_dir, settings.public_url)
-    worker = build_worker(settings, pool, build_providers(settings, executor), media)
+    http = aiohttp.ClientSession()
+    metrics = Metrics()
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port, addr="127.0.0.1", registry=metrics.registry)
+    worker = build_worker(settings, pool, build_providers(settings, executor, http), media,
+                          metrics)
     broker = make_broker(settings.kafka_bootstrap_servers, "influgen-generator")
     consumer.register(broker, pool=pool, worker=worker, group_id=settings.consumer_group,
                       fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms)
@@ -69,6 +90,7 @@ async def serve(settings: GeneratorSettings) -> None:
         await broker.stop()
         await cancel(*tasks)
         executor.shutdown(cancel_futures=True)
+        await http.close()
         await pool.close()
 
 

@@ -66,3 +66,14 @@ def mismatch(found: Probe, *, width: int, height: int, duration_seconds: int) ->
     if abs(found.duration_seconds - duration_seconds) > 0.5:
         return f"duration {found.duration_seconds:.2f}s, requested {duration_seconds}s"
     return None
+
+
+def make_thumbnail(video: Path, target: Path) -> Path:
+    """A JPEG of the middle frame, for providers that return only a video."""
+    with av.open(str(video)) as container:
+        frames = list(container.decode(video=0))
+    if not frames:
+        raise ValueError("the video has no frames")
+    image = frames[len(frames) // 2].to_image()  # type: ignore[no-untyped-call]
+    image.convert("RGB").save(target, "JPEG", quality=85)
+    return target

@@ -33,7 +33,8 @@ async def claim(
             """
             WITH picked AS (
                 SELECT id FROM jobs
-                 WHERE accepted_at IS NOT NULL AND (
+                 WHERE accepted_at IS NOT NULL AND NOT cancel_requested
+                   AND deadline_at > now() AND (
                        (state = 'queued' AND (next_attempt_at IS NULL OR next_attempt_at <= now()))
                     OR (state IN ('submitted', 'running') AND lease_expires_at < now()))
                  ORDER BY created_at
@@ -47,7 +48,7 @@ async def claim(
                    updated_at = now()
               FROM picked WHERE j.id = picked.id
             RETURNING j.id, j.spec, j.state, j.attempts, j.provider_job_id, j.deadline_at,
-                      j.cancel_requested
+                      j.cancel_requested, j.workspace_id
             """,
             owner, lease_seconds, limit,
         )
@@ -107,13 +108,66 @@ async def finish(
     return row is not None
 
 
-async def release(conn: Conn, *, job_id: UUID, owner: str, delay: float) -> None:
-    """Give the job back to the queue to retry after `delay` seconds."""
-    await conn.execute(
+async def release(conn: Conn, *, job_id: UUID, owner: str, delay: float, resubmit: bool,
+                  error: dict[str, Any]) -> bool:
+    """Give the job back to the queue, to retry after `delay` seconds. With `resubmit`, the
+    provider's job is forgotten so that the retry submits a new one."""
+    row = await conn.fetchrow(
         """
         UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_expires_at = NULL,
-                        next_attempt_at = now() + make_interval(secs => $3), updated_at = now()
-         WHERE id = $1 AND lease_owner = $2
+                        next_attempt_at = now() + make_interval(secs => $3), updated_at = now(),
+                        error = $5,
+                        provider_job_id = CASE WHEN $4 THEN NULL ELSE provider_job_id END,
+                        submit_started_at = CASE WHEN $4 THEN NULL ELSE submit_started_at END
+         WHERE id = $1 AND lease_owner = $2 AND state IN ('submitted', 'running')
+        RETURNING id
         """,
-        job_id, owner, delay,
+        job_id, owner, delay, resubmit, error,
     )
+    return row is not None
+
+
+async def mark_submitting(conn: Conn, *, job_id: UUID, owner: str) -> str | None:
+    """Record that a submission starts; the time an earlier one started, if any."""
+    async with conn.transaction():
+        earlier = await conn.fetchval(
+            "SELECT submit_started_at FROM jobs WHERE id = $1 AND lease_owner = $2 FOR UPDATE",
+            job_id, owner,
+        )
+        await conn.execute(
+            "UPDATE jobs SET submit_started_at = now() WHERE id = $1 AND lease_owner = $2",
+            job_id, owner,
+        )
+    return earlier.isoformat() if earlier is not None else None
+
+
+async def sweep(conn: Conn, *, limit: int = 100) -> list[asyncpg.Record]:
+    """End the jobs nobody is driving that were canceled or are past their deadline.
+
+    Jobs with a live lease are left to their worker, which watches both itself."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        """
+        WITH doomed AS (
+            SELECT id FROM jobs
+             WHERE state IN ('queued', 'submitted', 'running')
+               AND (lease_expires_at IS NULL OR lease_expires_at < now())
+               AND (cancel_requested OR deadline_at <= now())
+             ORDER BY deadline_at
+             LIMIT $1
+             FOR UPDATE SKIP LOCKED)
+        UPDATE jobs j
+           SET state = CASE WHEN j.cancel_requested THEN 'canceled' ELSE 'failed' END,
+               error = CASE WHEN j.cancel_requested THEN NULL ELSE jsonb_build_object(
+                   'code', 'deadline_exceeded', 'retryable', false,
+                   'message', 'the job did not finish before its deadline ('
+                              || to_char(j.deadline_at, 'YYYY-MM-DD"T"HH24:MI:SS"Z"') || ')')
+               END,
+               finished_at = now(), updated_at = now(), lease_owner = NULL,
+               lease_expires_at = NULL
+          FROM doomed WHERE j.id = doomed.id
+        RETURNING j.id, j.video_id, j.workspace_id, j.provider, j.provider_job_id, j.state,
+                  j.error
+        """,
+        limit,
+    )
+    return rows

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pydantic import SecretStr
+
 from shared.settings import CommonSettings
 
 
@@ -14,3 +16,16 @@ class GeneratorSettings(CommonSettings):
     poll_interval_seconds: float = 0.25
     #: libx264 preset of the local renderer.
     x264_preset: str = "veryfast"
+    #: Attempts per job before a retryable failure becomes final.
+    max_attempts: int = 4
+    retry_base_seconds: float = 2.0
+    retry_cap_seconds: float = 60.0
+    #: How often a running job renews its lease and looks for a cancel request.
+    watch_interval_seconds: float = 1.0
+    #: Replicate (the hosted provider); without a token the provider is not configured.
+    replicate_api_token: SecretStr = SecretStr("")
+    replicate_base_url: str = "https://api.replicate.com"
+    replicate_poll_interval_seconds: float = 2.0
+    provider_request_timeout_seconds: float = 15.0
+    #: Prometheus metrics on http://127.0.0.1:<port>/metrics; 0 turns them off.
+    metrics_port: int = 0

@@ -1,11 +1,18 @@
 """Drives claimed jobs to completion. A job's state lives in PostgreSQL, never in a Kafka
-message: the consumer only accepts jobs, and these workers pick them up from the table."""
+message: the consumer only accepts jobs, and these workers pick them up from the table.
+
+Each job ends in exactly one of: succeeded, failed (with code, message, retryable), canceled
+(a cancel request seen by the watcher), or failed with `deadline_exceeded`. A retryable
+failure goes back to the queue with exponential backoff and full jitter (Retry-After as a
+floor) until `max_attempts`; the sweeper ends the jobs nobody drives that were canceled or
+ran past their deadline, so nothing stays `generating` forever."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import random
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -16,7 +23,8 @@ from uuid import UUID
 import asyncpg
 
 from services.generator import repository as repo
-from services.generator.media import MediaStore, mismatch, probe
+from services.generator.media import MediaStore, make_thumbnail, mismatch, probe
+from services.generator.metrics import Metrics
 from services.generator.providers.base import JobHandle, Provider, ProviderError
 from shared import outbox
 from shared.db import Conn
@@ -27,6 +35,7 @@ from shared.events import (
     Media,
     VideoGenerationFailed,
     VideoGenerationSucceeded,
+    utcnow,
 )
 
 log = logging.getLogger("influgen.generator.worker")
@@ -42,6 +51,11 @@ class WorkerConfig:
     concurrency: int
     lease_seconds: float
     poll_interval: float
+    max_attempts: int = 4
+    retry_base_seconds: float = 2.0
+    retry_cap_seconds: float = 60.0
+    watch_interval: float = 1.0
+    sweep_interval: float = 1.0
 
 
 class _Handle(JobHandle):
@@ -51,6 +65,7 @@ class _Handle(JobHandle):
         self._job_id = job_id
         self._cfg = cfg
         self._provider_job_id = provider_job_id
+        self.canceled = asyncio.Event()
 
     @property
     def provider_job_id(self) -> str | None:
@@ -67,6 +82,8 @@ class _Handle(JobHandle):
             )
         if row is None:
             raise LeaseLost(str(self._job_id))
+        if row["cancel_requested"]:
+            self.canceled.set()
 
     async def remember_provider_job(self, provider_job_id: str) -> None:
         async with self._pool.acquire() as conn:
@@ -75,14 +92,31 @@ class _Handle(JobHandle):
             )
         self._provider_job_id = provider_job_id
 
+    async def mark_submitting(self) -> str | None:
+        async with self._pool.acquire() as conn:
+            return await repo.mark_submitting(conn, job_id=self._job_id, owner=self._cfg.owner)
+
+
+async def emit_failed(conn: Conn, *, job_id: UUID, video_id: UUID, workspace_id: UUID,
+                      provider: str, error: JobError, canceled: bool = False) -> None:
+    event = VideoGenerationFailed(
+        workspace_id=workspace_id, correlation_id=str(video_id), job_id=job_id,
+        video_id=video_id, provider=provider, error=error, canceled=canceled,
+    )
+    await outbox.enqueue(conn, topic=TOPIC_GENERATED, key=str(video_id), event=event)
+
+
+CANCELED = JobError(code="canceled", message="the video was canceled", retryable=False)
+
 
 class Worker:
     def __init__(self, *, pool: asyncpg.Pool, providers: dict[str, Provider],
-                 media: MediaStore, cfg: WorkerConfig) -> None:
+                 media: MediaStore, cfg: WorkerConfig, metrics: Metrics | None = None) -> None:
         self._pool = pool
         self._providers = providers
         self._media = media
         self._cfg = cfg
+        self._metrics = metrics or Metrics()
         self._wake = asyncio.Event()
         self._active: set[asyncio.Task[None]] = set()
 
@@ -90,10 +124,16 @@ class Worker:
         self._wake.set()
 
     async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_sweep = 0.0
         try:
             while True:
                 self._wake.clear()
+                if loop.time() >= next_sweep:
+                    await self._sweep()
+                    next_sweep = loop.time() + self._cfg.sweep_interval
                 free = self._cfg.concurrency - len(self._active)
+                claimed: list[Any] = []
                 if free > 0:
                     try:
                         claimed = await repo.claim(
@@ -102,12 +142,11 @@ class Worker:
                         )
                     except (OSError, asyncpg.PostgresError) as exc:
                         log.warning("claiming jobs failed: %r", exc)
-                        claimed = []
                     for row in claimed:
                         task = asyncio.create_task(self._drive(row), name=f"job-{row['id']}")
                         self._active.add(task)
                         task.add_done_callback(self._done)
-                    if len(claimed) == free:
+                    if claimed and len(claimed) == free:
                         continue
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self._cfg.poll_interval)
@@ -118,42 +157,100 @@ class Worker:
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._active.discard(task)
+        self._metrics.in_flight.set(len(self._active))
         self._wake.set()
 
+    # --- one job ---------------------------------------------------------------------
+
     async def _drive(self, row: Any) -> None:
+        self._metrics.in_flight.set(len(self._active))
         spec = JobSpec.model_validate(row["spec"])
         handle = _Handle(self._pool, spec.job_id, self._cfg, row["provider_job_id"])
         provider = self._providers.get(spec.provider)
         workdir = Path(tempfile.mkdtemp(prefix=f"job-{spec.job_id}-"))
-        heartbeat = asyncio.create_task(self._keep_lease(handle))
+        started = asyncio.get_running_loop().time()
+        work = asyncio.create_task(self._generate(provider, spec, handle, workdir))
+        watcher = asyncio.create_task(self._watch(handle))
         try:
-            if provider is None:
-                raise ProviderError("provider_unavailable",
-                                    f"no provider {spec.provider!r} is configured",
-                                    retryable=False)
-            output = await provider.generate(spec, handle, workdir)
-            media = await asyncio.to_thread(self._store, spec, output.video, output.thumbnail)
-            await self._succeed(spec, media)
+            remaining = (spec.deadline_at - utcnow()).total_seconds()
+            canceled = asyncio.create_task(handle.canceled.wait())
+            done, _ = await asyncio.wait({work, canceled, watcher}, timeout=max(0.0, remaining),
+                                         return_when=asyncio.FIRST_COMPLETED)
+            canceled.cancel()
+            if work in done:
+                media = work.result()
+                await self._succeed(spec, row["workspace_id"], media)
+                self._metrics.observe(spec.provider, "succeeded",
+                                      asyncio.get_running_loop().time() - started)
+                return
+            await _stop(work)
+            if watcher in done:
+                watcher.result()  # raises LeaseLost: another process has the job now
+            if handle.canceled.is_set():
+                await self._abandon_provider_job(provider, handle)
+                await self._end(spec, row["workspace_id"], "canceled", CANCELED)
+            else:
+                await self._abandon_provider_job(provider, handle)
+                await self._end(spec, row["workspace_id"], "failed", JobError(
+                    code="deadline_exceeded", retryable=False,
+                    message=f"the job did not finish before its deadline "
+                    f"({spec.deadline_at.isoformat()})"))
         except LeaseLost:
             log.warning("lost the lease of job %s; another process took it over", spec.job_id)
         except ProviderError as exc:
-            await self._fail(spec, JobError(code=exc.code, message=exc.message,
-                                            retryable=exc.retryable))
-        except asyncio.CancelledError:
-            raise
+            self._metrics.errors.labels(spec.provider, exc.code).inc()
+            await self._failed_attempt(spec, row, exc)
         except Exception as exc:
             log.exception("job %s failed unexpectedly", spec.job_id)
-            await self._fail(spec, JobError(code="internal_error", message=repr(exc)[:500],
-                                            retryable=False))
+            self._metrics.errors.labels(spec.provider, "internal_error").inc()
+            await self._end(spec, row["workspace_id"], "failed", JobError(
+                code="internal_error", message=repr(exc)[:500], retryable=False))
         finally:
-            heartbeat.cancel()
+            await _stop(work)
+            await _stop(watcher)
             shutil.rmtree(workdir, ignore_errors=True)
 
-    async def _keep_lease(self, handle: _Handle) -> None:
+    async def _generate(self, provider: Provider | None, spec: JobSpec, handle: _Handle,
+                        workdir: Path) -> Media:
+        if provider is None:
+            raise ProviderError("provider_unavailable",
+                                f"no provider {spec.provider!r} is configured", retryable=False)
+        output = await provider.generate(spec, handle, workdir)
+        return await asyncio.to_thread(self._store, spec, output.video, output.thumbnail)
+
+    async def _watch(self, handle: _Handle) -> None:
+        """Renew the lease and notice cancel requests, every `watch_interval` seconds."""
+        failures = 0
         while True:
-            await asyncio.sleep(self._cfg.lease_seconds / 3)
-            with contextlib.suppress(OSError, asyncpg.PostgresError):
+            await asyncio.sleep(self._cfg.watch_interval)
+            try:
                 await handle.heartbeat()
+                failures = 0
+            except (OSError, asyncpg.PostgresError) as exc:
+                failures += 1
+                log.warning("renewing a lease failed (%d): %r", failures, exc)
+
+    async def _abandon_provider_job(self, provider: Provider | None, handle: _Handle) -> None:
+        if provider is not None and handle.provider_job_id is not None:
+            with contextlib.suppress(Exception):
+                await provider.cancel(handle.provider_job_id)
+
+    async def _failed_attempt(self, spec: JobSpec, row: Any, exc: ProviderError) -> None:
+        error = JobError(code=exc.code, message=exc.message, retryable=exc.retryable)
+        attempts = int(row["attempts"])
+        if exc.retryable and attempts < self._cfg.max_attempts:
+            delay = max(exc.retry_after or 0.0, random.uniform(
+                0, min(self._cfg.retry_cap_seconds, self._cfg.retry_base_seconds * 2 ** attempts)))
+            async with self._pool.acquire() as conn:
+                await repo.release(conn, job_id=spec.job_id, owner=self._cfg.owner, delay=delay,
+                                   resubmit=exc.resubmit, error=error.model_dump())
+            log.info("job %s attempt %d failed (%s); retrying in %.1fs", spec.job_id, attempts,
+                     exc.code, delay)
+            return
+        if exc.retryable:
+            error = JobError(code=exc.code, retryable=True,
+                             message=f"{exc.message} (gave up after {attempts} attempts)")
+        await self._end(spec, row["workspace_id"], "failed", error)
 
     def _store(self, spec: JobSpec, video: Path, thumbnail: Path | None) -> Media:
         found = probe(video)
@@ -162,40 +259,64 @@ class Worker:
         if problem is not None:
             raise ProviderError("bad_output", f"the provider's output does not match: {problem}",
                                 retryable=False)
+        if thumbnail is None:
+            thumbnail = make_thumbnail(video, video.with_name("thumbnail.jpg"))
         base = f"{spec.video_id}"
         video_url = self._media.put(video, f"{base}/video.mp4")
-        thumb_url = self._media.put(thumbnail, f"{base}/thumbnail.jpg") if thumbnail else ""
+        thumb_url = self._media.put(thumbnail, f"{base}/thumbnail.jpg")
         return Media(video_url=video_url, thumbnail_url=thumb_url,
                      duration_seconds=round(found.duration_seconds, 3),
                      aspect_ratio=spec.aspect_ratio, width=found.width, height=found.height)
 
-    async def _succeed(self, spec: JobSpec, media: Media) -> None:
+    async def _succeed(self, spec: JobSpec, workspace_id: UUID, media: Media) -> None:
         async with self._pool.acquire() as conn, conn.transaction():
             if not await repo.finish(conn, job_id=spec.job_id, owner=self._cfg.owner,
                                      state="succeeded"):
                 raise LeaseLost(str(spec.job_id))
             event = VideoGenerationSucceeded(
-                workspace_id=await _workspace(conn, spec.job_id),
-                correlation_id=str(spec.video_id), job_id=spec.job_id, video_id=spec.video_id,
-                provider=spec.provider, media=media,
+                workspace_id=workspace_id, correlation_id=str(spec.video_id),
+                job_id=spec.job_id, video_id=spec.video_id, provider=spec.provider, media=media,
             )
             await outbox.enqueue(conn, topic=TOPIC_GENERATED, key=str(spec.video_id), event=event)
         log.info("job %s succeeded: %s", spec.job_id, media.video_url)
 
-    async def _fail(self, spec: JobSpec, error: JobError) -> None:
+    async def _end(self, spec: JobSpec, workspace_id: UUID, state: str, error: JobError) -> None:
         async with self._pool.acquire() as conn, conn.transaction():
             if not await repo.finish(conn, job_id=spec.job_id, owner=self._cfg.owner,
-                                     state="failed", error=error.model_dump()):
+                                     state=state, error=None if state == "canceled"
+                                     else error.model_dump()):
                 return
-            event = VideoGenerationFailed(
-                workspace_id=await _workspace(conn, spec.job_id),
-                correlation_id=str(spec.video_id), job_id=spec.job_id, video_id=spec.video_id,
-                provider=spec.provider, error=error,
-            )
-            await outbox.enqueue(conn, topic=TOPIC_GENERATED, key=str(spec.video_id), event=event)
-        log.info("job %s failed: %s %s", spec.job_id, error.code, error.message)
+            await emit_failed(conn, job_id=spec.job_id, video_id=spec.video_id,
+                              workspace_id=workspace_id, provider=spec.provider, error=error,
+                              canceled=state == "canceled")
+        log.info("job %s %s: %s %s", spec.job_id, state, error.code, error.message)
+
+    # --- jobs nobody drives ----------------------------------------------------------
+
+    async def _sweep(self) -> None:
+        abandoned: list[tuple[str, str]] = []
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                for row in await repo.sweep(conn):
+                    canceled = row["state"] == "canceled"
+                    error = CANCELED if canceled else JobError.model_validate(row["error"])
+                    await emit_failed(conn, job_id=row["id"], video_id=row["video_id"],
+                                      workspace_id=row["workspace_id"], provider=row["provider"],
+                                      error=error, canceled=canceled)
+                    if row["provider_job_id"]:
+                        abandoned.append((row["provider"], row["provider_job_id"]))
+                    log.info("job %s ended by the sweeper: %s", row["id"], row["state"])
+        except (OSError, asyncpg.PostgresError) as exc:
+            log.warning("sweeping jobs failed: %r", exc)
+        for provider_name, provider_job_id in abandoned:
+            provider = self._providers.get(provider_name)
+            if provider is not None:
+                with contextlib.suppress(Exception):
+                    await provider.cancel(provider_job_id)
 
 
-async def _workspace(conn: Conn, job_id: UUID) -> UUID:
-    ws: UUID = await conn.fetchval("SELECT workspace_id FROM jobs WHERE id = $1", job_id)
-    return ws
+async def _stop(task: asyncio.Task[Any]) -> None:
+    if not task.done():
+        task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task

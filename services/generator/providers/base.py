@@ -13,12 +13,14 @@ class ProviderError(Exception):
     """A provider failure with a stable code; `retryable` says whether trying again helps."""
 
     def __init__(self, code: str, message: str, *, retryable: bool,
-                 retry_after: float | None = None) -> None:
+                 retry_after: float | None = None, resubmit: bool = False) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.retryable = retryable
         self.retry_after = retry_after
+        #: The provider's job is over (failed, expired output): a retry must submit anew.
+        self.resubmit = resubmit
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,11 @@ class JobHandle(abc.ABC):
     @abc.abstractmethod
     def provider_job_id(self) -> str | None: ...
 
+    @abc.abstractmethod
+    async def mark_submitting(self) -> str | None:
+        """Record that a submission starts; return when an earlier one started (a crash
+        may have left it without a stored id), or None."""
+
 
 class Provider(abc.ABC):
     name: str
@@ -50,3 +57,6 @@ class Provider(abc.ABC):
     @abc.abstractmethod
     async def generate(self, spec: JobSpec, job: JobHandle, workdir: Path) -> Output:
         """Produce the video (and a thumbnail if the provider makes one) under `workdir`."""
+
+    async def cancel(self, provider_job_id: str) -> None:  # noqa: B027 - optional
+        """Stop the provider's job, where the provider can."""
