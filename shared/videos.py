@@ -6,7 +6,7 @@ resource has one definition."""
 from __future__ import annotations
 
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid5
 
 from shared.db import Conn
 from shared.events import CreditsView, JobError, JobView, Media, SceneFeedback, VideoResource
@@ -23,6 +23,12 @@ SELECT v.*, j.id AS job_id, j.state AS job_state, j.attempts AS job_attempts,
   JOIN jobs j ON j.video_id = v.id
   LEFT JOIN settlements s ON s.job_id = j.id
 """
+
+
+def completion_event_id(job_id: UUID, event_type: str) -> UUID:
+    """The id of a video's completion event of a type: stable across retries and across
+    services, so subscribers can deduplicate on it."""
+    return uuid5(job_id, event_type)
 
 
 def to_resource(row: Any) -> VideoResource:

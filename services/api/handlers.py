@@ -20,10 +20,12 @@ from shared import outbox
 from shared.catalog import Catalog
 from shared.db import Conn
 from shared.events import (
+    TOPIC_COMPLETED,
     TOPIC_JOBS,
     TOPIC_REJECTED,
     FieldError,
     JobSpec,
+    VideoCompleted,
     VideoJobQueued,
     VideoRequested,
     VideoRequestRejected,
@@ -31,7 +33,7 @@ from shared.events import (
     utcnow,
 )
 from shared.inbox import first_delivery
-from shared.videos import fetch_video
+from shared.videos import completion_event_id, fetch_video
 
 
 class NotFound(Exception):
@@ -238,4 +240,51 @@ async def intake_event(
         conn, workspace_id=workspace.id, key=key, status=202, digest=digest,
         body=resource.model_dump(mode="json"), video_id=resource.id,
     )
+    return resource
+
+
+class Conflict(Exception):
+    """The video is not in a state that allows the operation."""
+
+
+TERMINAL_STATUSES = frozenset({"ready", "approved", "rejected", "failed", "canceled"})
+
+
+async def request_cancel(conn: Conn, workspace: Workspace, video_id: UUID) -> None:
+    """Ask the generator to stop the video's job; it ends `canceled` and the finalizer
+    releases the credits. A video that already finished answers Conflict."""
+    row = await conn.fetchrow(
+        "SELECT v.status, j.state FROM videos v JOIN jobs j ON j.video_id = v.id"
+        " WHERE v.id = $1 AND v.workspace_id = $2", video_id, workspace.id)
+    if row is None:
+        raise NotFound()
+    if row["status"] in TERMINAL_STATUSES or row["state"] in ("succeeded", "failed", "canceled"):
+        raise Conflict(f"the video is already {row['status']}")
+    await conn.execute(
+        "UPDATE jobs SET cancel_requested = true, updated_at = now()"
+        " WHERE video_id = $1 AND state IN ('queued', 'submitted', 'running')", video_id)
+
+
+async def review(conn: Conn, workspace: Workspace, video_id: UUID, *, decision: str,
+                 note: str | None) -> VideoResource:
+    """Approve or reject a `ready` video, with its completion event, in one transaction."""
+    state = "approved" if decision == "approve" else "rejected"
+    row = await conn.fetchrow(
+        "UPDATE videos SET status = $3, review_state = $3, review_note = $4, reviewed_at = now(),"
+        " updated_at = now() WHERE id = $1 AND workspace_id = $2 AND status = 'ready'"
+        " RETURNING id",
+        video_id, workspace.id, state, note)
+    if row is None:
+        current = await conn.fetchval(
+            "SELECT status FROM videos WHERE id = $1 AND workspace_id = $2", video_id, workspace.id)
+        if current is None:
+            raise NotFound()
+        raise Conflict(f"only a ready video can be reviewed; this one is {current}")
+    resource = await fetch_video(conn, video_id)
+    assert resource is not None
+    event = VideoCompleted(
+        event_id=completion_event_id(resource.job.id, f"video.{state}"),
+        event_type=f"video.{state}",
+        workspace_id=workspace.id, correlation_id=str(video_id), video=resource)
+    await outbox.enqueue(conn, topic=TOPIC_COMPLETED, key=str(video_id), event=event)
     return resource

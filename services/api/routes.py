@@ -79,6 +79,8 @@ async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamR
         return invalid(exc.errors)
     except handlers.NotFound:
         return problem(404, "Not found")
+    except handlers.Conflict as exc:
+        return problem(409, "Conflict", str(exc))
     except handlers.InsufficientCredits as exc:
         return problem(
             402, "Insufficient credits", str(exc),

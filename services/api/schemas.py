@@ -135,6 +135,11 @@ class DryRun(BaseModel):
     scene_feedback: SceneFeedback
 
 
+class ReviewIn(Strict):
+    decision: Literal["approve", "reject"]
+    note: str | None = Field(default=None, max_length=2000)
+
+
 class Problem(BaseModel):
     """RFC 9457 problem details."""
 

@@ -13,6 +13,8 @@ class ApiSettings(CommonSettings):
     job_deadline_seconds: int = 1800
     consumer_group: str = "influgen-api"
     max_body_bytes: int = 1024 * 1024
+    #: How long POST /v1/videos/{id}/cancel waits for the video to be canceled.
+    cancel_wait_seconds: float = 5.0
     #: Requests per second per workspace (per api process); 0 turns the limit off.
     rate_limit_per_second: float = 50.0
     rate_limit_burst: float = 100.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from datetime import UTC, date, datetime, time
 from typing import Any
@@ -10,11 +11,11 @@ from uuid import UUID
 from aiohttp import web
 
 from services.api import handlers, idempotency
-from services.api.http import ok, parse, read_json, uuid_param
-from services.api.keys import DEPS, POOL, workspace_of
+from services.api.http import body_of, ok, parse, read_json, uuid_param
+from services.api.keys import DEPS, POOL, SETTINGS, workspace_of
 from services.api.openapi import operation
 from services.api.problems import problem
-from services.api.schemas import DryRun, VideoList, VideoQuery, VideoRequest
+from services.api.schemas import DryRun, ReviewIn, VideoList, VideoQuery, VideoRequest
 from services.api.validation import RequestInvalid
 from shared.events import FieldError, VideoResource
 from shared.videos import fetch_video, list_videos
@@ -143,3 +144,36 @@ async def list_(request: web.Request) -> web.Response:
     more = len(items) > q.limit
     items = items[: q.limit]
     return ok(VideoList(items=items, next_cursor=_cursor(items[-1]) if more else None))
+
+
+@routes.post("/v1/videos/{id}/cancel")
+@operation(summary="Cancel a video; its job stops and its credits are released. Answers once "
+           "the video is canceled (or after a few seconds, with the cancel under way)",
+           responses={200: VideoResource, 404: None, 409: None}, tags=("videos",))
+async def cancel_video(request: web.Request) -> web.Response:
+    video_id = uuid_param(request)
+    workspace = workspace_of(request)
+    pool = request.app[POOL]
+    async with pool.acquire() as conn:
+        await handlers.request_cancel(conn, workspace, video_id)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + request.app[SETTINGS].cancel_wait_seconds
+    while True:
+        async with pool.acquire() as conn:
+            resource = await fetch_video(conn, video_id, workspace.id)
+        assert resource is not None
+        if resource.status in handlers.TERMINAL_STATUSES or loop.time() >= deadline:
+            return ok(resource)
+        await asyncio.sleep(0.1)
+
+
+@routes.post("/v1/videos/{id}/review")
+@operation(summary="Approve or reject a ready video", body=ReviewIn,
+           responses={200: VideoResource, 404: None, 409: None}, tags=("videos",))
+async def review_video(request: web.Request) -> web.Response:
+    video_id = uuid_param(request)
+    data = await body_of(request, ReviewIn)
+    async with request.app[POOL].acquire() as conn, conn.transaction():
+        resource = await handlers.review(conn, workspace_of(request), video_id,
+                                         decision=data.decision, note=data.note)
+    return ok(resource)

@@ -4,7 +4,6 @@ credit settlement and its completion event, in one transaction, exactly once."""
 from __future__ import annotations
 
 import math
-import uuid
 
 from services.finalizer import repository as repo
 from shared import outbox
@@ -17,14 +16,9 @@ from shared.events import (
     VideoGenerationSucceeded,
 )
 from shared.inbox import first_delivery
-from shared.videos import fetch_video
+from shared.videos import completion_event_id, fetch_video
 
 CONSUMER = "finalizer"
-
-
-def completion_event_id(job_id: uuid.UUID, event_type: str) -> uuid.UUID:
-    """Stable across retries, so subscribers can deduplicate on it."""
-    return uuid.uuid5(job_id, event_type)
 
 
 async def finalize(

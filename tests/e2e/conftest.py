@@ -58,12 +58,23 @@ class Api:
         key: str = ws["api_key"]
         return key
 
+    async def video(self, key: str, character: str, **fields: Any) -> dict[str, Any]:
+        """POST /v1/videos for `character` with the e2e scene; asserts the 202."""
+        status, created = await self.call("POST", "/v1/videos", key, {
+            "character_id": character, "scene_description": SCENE, **fields})
+        assert status == 202, created
+        return dict(created)
+
     async def character(self, key: str, review_mode: str) -> str:
         status, ch = await self.call("POST", "/v1/characters", key,
                                      {"name": f"{review_mode} char", "review_mode": review_mode})
         assert status == 201, ch
         cid: str = ch["id"]
         return cid
+
+
+SCENE = ("Walking through a marble hotel lobby at golden hour, subtle camera push-in, "
+         "confident luxury travel energy")
 
 
 @pytest.fixture

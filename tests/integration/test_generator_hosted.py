@@ -1,0 +1,299 @@
+"""The generator against a Replicate stand-in: one test per failure mode."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from uuid import UUID, uuid4
+
+import aiohttp
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestServer
+
+from services.api import handlers
+from services.api import repository as api_repo
+from services.generator.consumer import accept_job
+from services.generator.media import LocalMediaStore, probe
+from services.generator.providers.replicate import ReplicateProvider
+from services.generator.worker import Worker, WorkerConfig
+from shared.catalog import Catalog
+from shared.db import one
+from shared.events import VideoJobQueued
+from tests.catalogs import small_hosted_catalog
+from tests.standins.replicate import TOKEN, ReplicateStandIn, Script
+
+pytestmark = pytest.mark.integration
+TERMINAL = {"succeeded", "failed", "canceled"}
+
+
+@pytest.fixture(scope="module")
+def catalog_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return small_hosted_catalog(tmp_path_factory.mktemp("catalog"))
+
+
+@pytest.fixture
+async def standin() -> AsyncIterator[ReplicateStandIn]:
+    fake = ReplicateStandIn(slow_seconds=1.5)
+    server = TestServer(fake.app())
+    await server.start_server()
+    fake.base_url = str(server.make_url("")).rstrip("/")
+    yield fake
+    await server.close()
+
+
+async def queue_job(pool: asyncpg.Pool, catalog_path: Path, *, deadline: float = 60,
+                    accept: bool = True) -> UUID:
+    """A job as intake creates it, accepted by the generator's consumer handler."""
+    catalog = Catalog.load(catalog_path)
+    deps = handlers.IntakeDeps(pool=pool, catalog=catalog, job_deadline=timedelta(seconds=deadline))
+    ws = await handlers.create_workspace(pool, name="gen", credits=1000, sandbox=False)
+    workspace = handlers.Workspace(id=UUID(ws["id"]), name="gen", sandbox=False)
+    async with pool.acquire() as conn:
+        character = await api_repo.insert_character(
+            conn, id=uuid4(), workspace_id=workspace.id, name="Mila", review_mode="manual",
+            reference_image_url=None)
+    valid = handlers.judge({"character_id": str(character["id"]), "scene_description":
+                            "Walking on a beach at sunset, slow push-in",
+                            "model_id": "replicate-video-1", "duration_seconds": 5}, catalog)
+    async with pool.acquire() as conn, conn.transaction():
+        video = await handlers.create_video(deps, workspace, valid, source="test", conn=conn)
+        payload = await conn.fetchval(
+            "SELECT payload FROM outbox WHERE key = $1 AND topic = 'influgen.video.jobs.v1'",
+            str(video.id))
+        event = VideoJobQueued.model_validate_json(bytes(payload))
+        if accept:
+            await accept_job(conn, event)
+    return event.job.job_id
+
+
+def make_worker(pool: asyncpg.Pool, session: aiohttp.ClientSession, fake: ReplicateStandIn,
+                media: Path, *, max_attempts: int = 3) -> Worker:
+    provider = ReplicateProvider(session, base_url=fake.base_url, token=TOKEN,
+                                 poll_interval=0.05, request_timeout=0.5, max_poll_failures=3,
+                                 backoff_base=0.01, backoff_cap=0.05)
+    return Worker(pool=pool, providers={"replicate": provider},
+                  media=LocalMediaStore(media, "http://media.test"),
+                  cfg=WorkerConfig(owner=f"test-{uuid4().hex[:6]}", concurrency=2,
+                                   lease_seconds=5, poll_interval=0.05,
+                                   max_attempts=max_attempts, retry_base_seconds=0.05,
+                                   retry_cap_seconds=0.2, watch_interval=0.1,
+                                   sweep_interval=0.1))
+
+
+async def drive(pool: asyncpg.Pool, fake: ReplicateStandIn, job_id: UUID, tmp: Path, *,
+                max_attempts: int = 3, timeout: float = 40,
+                during: Any = None) -> asyncpg.Record:
+    async with aiohttp.ClientSession() as session:
+        worker = make_worker(pool, session, fake, tmp, max_attempts=max_attempts)
+        task = asyncio.create_task(worker.run())
+        row: asyncpg.Record | None = None
+        try:
+            async with asyncio.timeout(timeout):  # a hang fails here, with the job's state
+                if during is not None:
+                    await during()
+                while True:
+                    row = one(await pool.fetchrow("SELECT * FROM jobs WHERE id = $1", job_id,
+                                                  timeout=5))
+                    if row["state"] in TERMINAL:
+                        return row
+                    await asyncio.sleep(0.05)
+        except TimeoutError:
+            raise AssertionError(f"job did not finish: {dict(row) if row else None}") from None
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+async def generated_events(pool: asyncpg.Pool, job_id: UUID) -> list[dict[str, Any]]:
+    rows = await pool.fetch("SELECT payload FROM outbox WHERE topic = 'influgen.video.generated.v1'"
+                            " ORDER BY id")
+    events = [json.loads(bytes(r["payload"])) for r in rows]
+    return [e for e in events if e["job_id"] == str(job_id)]
+
+
+async def test_success_stores_checked_media(pool: asyncpg.Pool, standin: ReplicateStandIn,
+                                            catalog_path: Path, tmp_path: Path) -> None:
+    job_id = await queue_job(pool, catalog_path)
+    row = await drive(pool, standin, job_id, tmp_path)
+    assert row["state"] == "succeeded"
+    assert (row["attempts"], standin.submissions, row["provider_job_id"]) == (1, 1, "p0001")
+    [event] = await generated_events(pool, job_id)
+    assert event["event_type"] == "video.generation.succeeded"
+    video = tmp_path / event["media"]["video_url"].removeprefix("http://media.test/media/")
+    found = probe(video)
+    assert (found.width, found.height, found.frames) == (144, 256, 5 * 24)
+    assert (video.parent / "thumbnail.jpg").stat().st_size > 0
+
+
+@pytest.mark.parametrize("faults", [["500", "502", "503"], ["reset", "reset"], ["slow"],
+                                    ["malformed", "malformed"], ["429"]])
+async def test_poll_failures_are_retried_without_resubmitting(
+    pool: asyncpg.Pool, standin: ReplicateStandIn, catalog_path: Path, tmp_path: Path,
+    faults: list[str]
+) -> None:
+    standin.script = Script(poll=list(faults), retry_after="0")
+    job_id = await queue_job(pool, catalog_path)
+    row = await drive(pool, standin, job_id, tmp_path)
+    assert row["state"] == "succeeded"
+    assert standin.submissions == 1
+    assert standin.script.poll == []  # every fault was met
+
+
+async def test_rate_limited_submit_waits_for_retry_after(
+    pool: asyncpg.Pool, standin: ReplicateStandIn, catalog_path: Path, tmp_path: Path
+) -> None:
+    standin.script = Script(submit=["429"], retry_after="1")
+    job_id = await queue_job(pool, catalog_path)
+    started = asyncio.get_running_loop().time()
+    row = await drive(pool, standin, job_id, tmp_path)
+    assert row["state"] == "succeeded"
+    assert row["attempts"] == 2
+    assert standin.create_calls == 2
+    assert standin.submissions == 1
+    assert asyncio.get_running_loop().time() - started >= 1.0
+
+
+@pytest.mark.parametrize("fault", ["500", "502", "503", "reset", "slow", "malformed"])
+async def test_submit_failures_retry_then_fail_with_a_reason(
+    pool: asyncpg.Pool, standin: ReplicateStandIn, catalog_path: Path, tmp_path: Path,
+    fault: str
+) -> None:
+    standin.script = Script(submit=[fault] * 10, retry_after="0")
+    job_id = await queue_job(pool, catalog_path)
+    row = await drive(pool, standin, job_id, tmp_path, max_attempts=3)
+    assert row["state"] == "failed"
+    assert row["attempts"] == 3
+    assert row["error"]["retryable"] is True
+    assert "gave up after 3 attempts" in row["error"]["message"]
+    [event] = await generated_events(pool, job_id)
+    assert event["error"] == row["error"]
+
+
+async def test_success_without_output_submits_again(
+    pool: asyncpg.Pool, standin: ReplicateStandIn, catalog_path: Path, tmp_path: Path
+) -> None:
+    standin.script = Script(outcomes=["no_output", "succeeded"])
+    job_id = await queue_job(pool, catalog_path)
+    row = await drive(pool, standin, job_id, tmp_path)
+    assert (row["state"], standin.submissions, row["provider_job_id"]) == (
+        "succeeded", 2, "p0002")
+
+
+async def test_expired_output_url_submits_again_then_fails(
+    pool: asyncpg.Pool, standin: ReplicateStandIn, catalog_path: Path, tmp_path: Path
+) -> None:
+    standin.script = Script(outcomes=["expired"] * 5)
+    job_id = await queue_job(pool, catalog_path)
+    row = await drive(pool, standin, job_id, tmp_path, max_attempts=2)
+    assert row["state"] == "failed"
+    assert row["error"]["code"] == "output_expired"
+    assert standin.submissions == 2
+
+
+async def test_safety_refusal_fails_at_once(
+    pool: asyncpg.Pool, standin: ReplicateStandIn, catalog_path: Path, tmp_path: Path
+) -> None:
+    standin.script = Script(outcomes=["safety"])
+    job_id = await queue_job(pool, catalog_path)
+    row = await drive(pool, standin, job_id, tmp_path)
+    assert row["state"] == "failed"
+    assert row["error"]["code"] == "safety_refusal"
+    assert row["error"]["retryable"] is False
+    assert "NSFW" in row["error"]["message"]
+    assert (row["attempts"], standin.submissions) == (1, 1)
+
+
+async def test_a_job_that_never_finishes_fails_at_its_deadline(
+    pool: asyncpg.Pool, standin: ReplicateStandIn, catalog_path: Path, tmp_path: Path
+) -> None:
+    standin.script = Script(outcomes=["never"])
+    job_id = await queue_job(pool, catalog_path, deadline=2)
+    row = await drive(pool, standin, job_id, tmp_path)
+    assert row["state"] == "failed"
+    assert row["error"]["code"] == "deadline_exceeded"
+    assert standin.cancels == ["p0001"]  # the provider's job was canceled too
+
+
+async def test_cancel_stops_a_running_provider_job(
+    pool: asyncpg.Pool, standin: ReplicateStandIn, catalog_path: Path, tmp_path: Path
+) -> None:
+    standin.script = Script(outcomes=["never"])
+    job_id = await queue_job(pool, catalog_path)
+
+    async def cancel_when_running() -> None:
+        for _ in range(200):
+            if await pool.fetchval("SELECT provider_job_id FROM jobs WHERE id = $1", job_id):
+                break
+            await asyncio.sleep(0.05)
+        await pool.execute("UPDATE jobs SET cancel_requested = true WHERE id = $1", job_id)
+
+    row = await drive(pool, standin, job_id, tmp_path, during=cancel_when_running)
+    assert row["state"] == "canceled"
+    assert standin.cancels == ["p0001"]
+    [event] = await generated_events(pool, job_id)
+    assert event["canceled"] is True
+
+
+async def test_canceled_and_overdue_queued_jobs_are_swept(
+    pool: asyncpg.Pool, standin: ReplicateStandIn, catalog_path: Path, tmp_path: Path
+) -> None:
+    canceled = await queue_job(pool, catalog_path, accept=False)
+    overdue = await queue_job(pool, catalog_path, deadline=0.5)
+    await pool.execute("UPDATE jobs SET cancel_requested = true WHERE id = $1", canceled)
+    await asyncio.sleep(0.6)
+    assert (await drive(pool, standin, canceled, tmp_path))["state"] == "canceled"
+    row = await drive(pool, standin, overdue, tmp_path)
+    assert (row["state"], row["error"]["code"]) == ("failed", "deadline_exceeded")
+    assert standin.submissions == 0
+
+
+async def test_after_a_crash_the_job_is_resumed_by_polling_not_resubmitted(
+    pool: asyncpg.Pool, standin: ReplicateStandIn, catalog_path: Path, tmp_path: Path
+) -> None:
+    standin.script = Script(processing_polls=3)
+    job_id = await queue_job(pool, catalog_path)
+    # A generator that died after storing the prediction id: its lease has run out.
+    async with aiohttp.ClientSession() as session:
+        created = await session.post(
+            f"{standin.base_url}/v1/models/influgen/short-video/predictions",
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            json={"input": {"prompt": "x", "duration": 5, "aspect_ratio": "9:16",
+                            "resolution": "144p", "fps": 24}})
+        pid = (await created.json())["id"]
+    await pool.execute(
+        "UPDATE jobs SET state = 'running', provider_job_id = $2, lease_owner = 'dead',"
+        " lease_expires_at = now() - interval '1 second', attempts = 1 WHERE id = $1",
+        job_id, pid)
+    row = await drive(pool, standin, job_id, tmp_path)
+    assert row["state"] == "succeeded"
+    assert (standin.submissions, row["provider_job_id"]) == (1, pid)
+
+
+async def test_a_create_cut_off_by_a_crash_is_adopted_not_repeated(
+    pool: asyncpg.Pool, standin: ReplicateStandIn, catalog_path: Path, tmp_path: Path
+) -> None:
+    job_id = await queue_job(pool, catalog_path)
+    spec = json.loads(json.dumps(await pool.fetchval("SELECT spec FROM jobs WHERE id = $1",
+                                                     job_id)))
+    # The crashed generator marked the submission and Replicate created the prediction,
+    # but the id never reached the database.
+    await pool.execute(
+        "UPDATE jobs SET state = 'submitted', submit_started_at = now() - interval '1 second',"
+        " lease_owner = 'dead', lease_expires_at = now() - interval '1 second', attempts = 1"
+        " WHERE id = $1", job_id)
+    async with aiohttp.ClientSession() as session:
+        provider = ReplicateProvider(session, base_url=standin.base_url, token=TOKEN)
+        from shared.events import JobSpec
+
+        await session.post(
+            f"{standin.base_url}/v1/models/influgen/short-video/predictions",
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            json={"input": provider._input(JobSpec.model_validate(spec))})
+    row = await drive(pool, standin, job_id, tmp_path)
+    assert row["state"] == "succeeded"
+    assert (standin.submissions, row["provider_job_id"]) == (1, "p0001")
