@@ -7,6 +7,7 @@ from aiohttp import web
 from faststream.kafka import KafkaBroker
 
 from services.api.auth import KeyCache
+from services.api.event_hub import VideoEventHub
 from services.api.handlers import IntakeDeps, Workspace
 from services.api.ratelimit import RateLimiter
 from services.api.settings import ApiSettings
@@ -17,6 +18,7 @@ DEPS = web.AppKey("deps", IntakeDeps)
 BROKER = web.AppKey("broker", KafkaBroker)
 LIMITER = web.AppKey("limiter", RateLimiter)
 KEY_CACHE = web.AppKey("key_cache", KeyCache)
+HUB = web.AppKey("hub", VideoEventHub)
 WORKSPACE_KEY = "workspace"
 
 

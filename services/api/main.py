@@ -12,8 +12,10 @@ from faststream.kafka import KafkaBroker
 
 from services.api import consumer, idempotency
 from services.api.auth import KeyCache
+from services.api.event_hub import VideoEventHub
 from services.api.handlers import IntakeDeps
-from services.api.keys import BROKER, DEPS, KEY_CACHE, LIMITER, POOL, SETTINGS
+from services.api.keys import BROKER, DEPS, HUB, KEY_CACHE, LIMITER, POOL, SETTINGS
+from services.api.live import routes as live_routes
 from services.api.ratelimit import RateLimiter
 from services.api.routes import errors_and_auth, routes
 from services.api.settings import ApiSettings
@@ -36,7 +38,8 @@ def intake_deps(settings: ApiSettings, pool: asyncpg.Pool) -> IntakeDeps:
 
 
 def build_app(settings: ApiSettings, pool: asyncpg.Pool, broker: KafkaBroker,
-              deps: IntakeDeps | None = None) -> web.Application:
+              deps: IntakeDeps | None = None, hub: VideoEventHub | None = None
+              ) -> web.Application:
     """The aiohttp application; resources are opened by the caller and handed in."""
     app = web.Application(
         middlewares=[errors_and_auth], client_max_size=settings.max_body_bytes
@@ -47,8 +50,10 @@ def build_app(settings: ApiSettings, pool: asyncpg.Pool, broker: KafkaBroker,
     app[DEPS] = deps or intake_deps(settings, pool)
     app[LIMITER] = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
     app[KEY_CACHE] = KeyCache()
+    app[HUB] = hub or VideoEventHub(settings.database_url)
     app.add_routes(routes)
     app.add_routes(video_routes)
+    app.add_routes(live_routes)
     settings.media_dir.mkdir(parents=True, exist_ok=True)
     app.router.add_static("/media/", settings.media_dir, follow_symlinks=False)
     return app
@@ -78,9 +83,11 @@ async def serve(settings: ApiSettings) -> None:
     relay = OutboxRelay(
         dsn=settings.database_url, bootstrap_servers=settings.kafka_bootstrap_servers
     )
+    hub = VideoEventHub(settings.database_url)
     tasks = [asyncio.create_task(relay.run(), name="outbox-relay"),
-             asyncio.create_task(purge_idempotency_keys(pool), name="idempotency-purge")]
-    runner = web.AppRunner(build_app(settings, pool, broker, deps), access_log=None)
+             asyncio.create_task(purge_idempotency_keys(pool), name="idempotency-purge"),
+             asyncio.create_task(hub.run(), name="video-events")]
+    runner = web.AppRunner(build_app(settings, pool, broker, deps, hub), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.api_host, settings.api_port, reuse_address=True)
     await site.start()

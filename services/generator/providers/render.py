@@ -99,7 +99,8 @@ def render(req: RenderRequest) -> int:
             x0, y0 = (cw - w) // 2, (ch - h) // 2
             crop = np.ascontiguousarray(canvas[y0:y0 + h, x0:x0 + w])
             frame = av.VideoFrame.from_ndarray(crop, format="rgb24")
-            frame = frame.reformat(width=req.width, height=req.height, format="yuv420p")
+            frame = frame.reformat(width=req.width, height=req.height, format="yuv420p",
+                                   interpolation="FAST_BILINEAR")
             frame.pts = i
             if i == thumb_at:
                 image = frame.to_image()  # type: ignore[no-untyped-call]

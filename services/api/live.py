@@ -1,0 +1,69 @@
+"""Live status: GET /v1/videos/{id}/events as server-sent events (aiohttp-sse).
+
+The history comes from `video_events` (written by triggers on every change); one LISTEN
+connection per api process wakes the streams of the videos that changed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Any
+
+from aiohttp import web
+from aiohttp_sse import sse_response
+
+from services.api import handlers
+from services.api.http import uuid_param
+from services.api.keys import HUB, POOL, workspace_of
+from services.api.openapi import operation
+
+#: The stream ends at these: generation is over (a `ready` video waits for a reviewer).
+FINAL = frozenset({"ready", "approved", "rejected", "failed", "canceled"})
+routes = web.RouteTableDef()
+
+
+def _payload(row: Any) -> str:
+    return json.dumps({
+        "video_id": str(row["video_id"]), "status": row["status"],
+        "review_state": row["review_state"],
+        "job": {"state": row["job_state"], "progress": row["progress"],
+                "attempts": row["attempts"], "error": row["error"]},
+        "at": row["created_at"].isoformat(),
+    })
+
+
+@routes.get("/v1/videos/{id}/events")
+@operation(summary="Server-sent events: each status change until generation is over "
+           "(resumable with Last-Event-ID)", responses={200: None, 404: None},
+           tags=("videos",))
+async def video_events(request: web.Request) -> web.StreamResponse:
+    video_id = uuid_param(request)
+    pool = request.app[POOL]
+    owner = await pool.fetchval("SELECT 1 FROM videos WHERE id = $1 AND workspace_id = $2",
+                                video_id, workspace_of(request).id)
+    if owner is None:
+        raise handlers.NotFound()
+    try:
+        last = int(request.headers.get("Last-Event-ID", "0") or 0)
+    except ValueError:
+        last = 0
+    hub = request.app[HUB]
+    wake = hub.subscribe(video_id)
+    try:
+        async with sse_response(request) as sse:
+            while sse.is_connected():
+                wake.clear()
+                rows = await pool.fetch(
+                    "SELECT * FROM video_events WHERE video_id = $1 AND id > $2 ORDER BY id",
+                    video_id, last)
+                for row in rows:
+                    await sse.send(_payload(row), id=str(row["id"]), event="status")
+                    last = row["id"]
+                if rows and rows[-1]["status"] in FINAL:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), timeout=5)
+            return sse
+    finally:
+        hub.unsubscribe(video_id, wake)
