@@ -36,5 +36,7 @@ class CommonSettings(BaseSettings):
     #: How long a consumer waits for more data before answering a fetch (aiokafka's default
     #: of 500 ms adds that much latency to every hop).
     kafka_fetch_max_wait_ms: int = 10
+    #: Let webhooks go to private and loopback addresses (off in production).
+    webhook_allow_private: bool = False
     log_level: str = "INFO"
     instance_id: str = ""

@@ -20,6 +20,7 @@ from services.api.ratelimit import RateLimiter
 from services.api.routes import errors_and_auth, routes
 from services.api.settings import ApiSettings
 from services.api.video_routes import routes as video_routes
+from services.api.webhook_routes import routes as webhook_routes
 from shared.catalog import Catalog
 from shared.db import create_pool, migrate
 from shared.kafka import make_broker
@@ -54,6 +55,7 @@ def build_app(settings: ApiSettings, pool: asyncpg.Pool, broker: KafkaBroker,
     app.add_routes(routes)
     app.add_routes(video_routes)
     app.add_routes(live_routes)
+    app.add_routes(webhook_routes)
     settings.media_dir.mkdir(parents=True, exist_ok=True)
     app.router.add_static("/media/", settings.media_dir, follow_symlinks=False)
     return app

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from services.api.validation import VideoRequest
 from shared.events import (
     AspectRatio,
+    CompletedType,
     FieldError,
     Platform,
     ReviewMode,
@@ -138,6 +139,52 @@ class DryRun(BaseModel):
 class ReviewIn(Strict):
     decision: Literal["approve", "reject"]
     note: str | None = Field(default=None, max_length=2000)
+
+
+class WebhookIn(Strict):
+    url: str = Field(min_length=1, max_length=2000)
+    event_types: list[CompletedType] = Field(
+        default_factory=list, description="Completion event types to receive; empty: all")
+
+
+class Webhook(BaseModel):
+    id: UUID
+    url: str
+    event_types: list[CompletedType]
+    created_at: datetime
+
+
+class WebhookCreated(Webhook):
+    secret: str = Field(description="Shown once: verify signatures with it")
+
+
+class WebhookList(BaseModel):
+    items: list[Webhook]
+
+
+class WebhookAttempt(BaseModel):
+    attempted_at: datetime
+    status_code: int | None
+    error: str | None
+    duration_ms: int
+
+
+class WebhookDelivery(BaseModel):
+    id: UUID
+    event_id: UUID
+    event_type: str
+    state: Literal["pending", "succeeded", "failed"]
+    attempts: int
+    next_attempt_at: datetime | None
+    last_status_code: int | None
+    last_error: str | None
+    created_at: datetime
+    delivered_at: datetime | None
+    attempt_log: list[WebhookAttempt]
+
+
+class WebhookDeliveryList(BaseModel):
+    items: list[WebhookDelivery]
 
 
 class Problem(BaseModel):

@@ -8,10 +8,25 @@ from faststream.kafka.message import KafkaMessage
 from pydantic import TypeAdapter
 
 from services.finalizer.handlers import CONSUMER, finalize
+from services.finalizer.webhooks import CONSUMER as WEBHOOKS_CONSUMER
+from services.finalizer.webhooks import WebhookConfig, WebhookSender, record_deliveries
 from shared.catalog import Catalog
 from shared.consumer import subscribe
 from shared.db import Conn
-from shared.events import TOPIC_GENERATED, GenerationEvent
+from shared.events import TOPIC_COMPLETED, TOPIC_GENERATED, GenerationEvent, VideoCompleted
+
+
+def register_webhooks(broker: KafkaBroker, *, pool: asyncpg.Pool, sender: WebhookSender,
+                      cfg: WebhookConfig, group_id: str, fetch_max_wait_ms: int) -> None:
+    async def handle(conn: Conn, event: VideoCompleted, message: KafkaMessage) -> None:
+        await record_deliveries(conn, event, message.body, cfg)
+
+    subscribe(
+        broker, topic=TOPIC_COMPLETED, adapter=TypeAdapter(VideoCompleted),
+        consumer=WEBHOOKS_CONSUMER, group_id=group_id, fetch_max_wait_ms=fetch_max_wait_ms,
+        description="Completion events: one signed webhook delivery per matching endpoint.",
+        pool=pool, handle=handle, after=sender.wake,
+    )
 
 
 def register(broker: KafkaBroker, *, pool: asyncpg.Pool, catalog: Catalog, group_id: str,

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import timedelta
+
+import aiohttp
 
 from services.finalizer import consumer
 from services.finalizer.settings import FinalizerSettings
+from services.finalizer.webhooks import WebhookConfig, WebhookSender
 from shared.catalog import Catalog
 from shared.db import create_pool, migrate
 from shared.kafka import make_broker
@@ -25,17 +29,30 @@ async def serve(settings: FinalizerSettings) -> None:
     consumer.register(broker, pool=pool, catalog=Catalog.load(settings.catalog_path),
                       group_id=settings.consumer_group,
                       fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms)
+    http = aiohttp.ClientSession()
+    webhook_cfg = WebhookConfig(
+        retry_base_seconds=settings.webhook_retry_base_seconds,
+        retry_cap_seconds=settings.webhook_retry_cap_seconds,
+        max_age=timedelta(hours=settings.webhook_max_age_hours),
+        timeout_seconds=settings.webhook_timeout_seconds,
+        allow_private=settings.webhook_allow_private)
+    sender = WebhookSender(pool, http, webhook_cfg)
+    consumer.register_webhooks(broker, pool=pool, sender=sender, cfg=webhook_cfg,
+                               group_id=settings.webhooks_consumer_group,
+                               fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms)
     relay = OutboxRelay(dsn=settings.database_url,
                         bootstrap_servers=settings.kafka_bootstrap_servers)
     await broker.start()
-    relay_task = asyncio.create_task(relay.run(), name="outbox-relay")
+    tasks = [asyncio.create_task(relay.run(), name="outbox-relay"),
+             asyncio.create_task(sender.run(), name="webhook-sender")]
     log.info("finalizer running")
     try:
         await wait_for_stop_signal()
     finally:
         log.info("finalizer stopping")
         await broker.stop()
-        await cancel(relay_task)
+        await cancel(*tasks)
+        await http.close()
         await pool.close()
 
 

@@ -21,7 +21,11 @@ def stack(infra: Infra) -> Iterator[Stack]:
     s = Stack(run_dir, api_port=free_port(), database_url=infra.database_url,
               bootstrap_servers=infra.bootstrap_servers,
               # The rate limit has its own test; here it would only starve the fuzzer.
-              extra_env={"INFLUGEN_RATE_LIMIT_PER_SECOND": "0"})
+              extra_env={"INFLUGEN_RATE_LIMIT_PER_SECOND": "0",
+                         # Test receivers listen on loopback; retries quickly.
+                         "INFLUGEN_WEBHOOK_ALLOW_PRIVATE": "true",
+                         "INFLUGEN_WEBHOOK_RETRY_BASE_SECONDS": "0.1",
+                         "INFLUGEN_WEBHOOK_RETRY_CAP_SECONDS": "0.5"})
     try:
         s.up()
         yield s

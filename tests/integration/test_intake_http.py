@@ -318,3 +318,14 @@ async def test_characters_can_be_edited(client: Client) -> None:
     assert status == 422
     _, listed, _ = await client.call("GET", "/v1/characters", ws["api_key"])
     assert [c["id"] for c in listed["items"]] == [cid]
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:9/hook", "http://localhost/hook",
+                                 "http://10.1.2.3/hook", "http://[::1]/hook",
+                                 "http://169.254.169.254/latest"])
+async def test_webhooks_to_private_addresses_are_refused(client: Client, url: str) -> None:
+    ws = await client.workspace()
+    status, problem, _ = await client.call("POST", "/v1/webhooks", ws["api_key"], {"url": url})
+    assert status == 422
+    assert problem["errors"][0]["field"] == "url"
+    assert "non-public" in problem["errors"][0]["message"]

@@ -1,0 +1,155 @@
+"""Webhook deliveries of completion events.
+
+A consumer of `influgen.video.completed.v1` records one delivery per matching endpoint
+(with its inbox row, in one transaction); the sender posts due deliveries, signed, and
+retries failures with exponential backoff and full jitter until `give_up_at` (hours later,
+configurable). Every attempt is logged. The `webhook-id` is the event id on every attempt,
+so a receiver can deduplicate."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+from uuid import uuid4
+
+import aiohttp
+import asyncpg
+
+from shared.db import Conn
+from shared.events import VideoCompleted
+from shared.inbox import first_delivery
+from shared.webhooks import UrlRefused, check_url, headers
+
+log = logging.getLogger("influgen.finalizer.webhooks")
+CONSUMER = "webhooks"
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    retry_base_seconds: float = 5.0
+    retry_cap_seconds: float = 3600.0
+    max_age: timedelta = timedelta(hours=24)
+    timeout_seconds: float = 10.0
+    concurrency: int = 8
+    poll_interval: float = 1.0
+    allow_private: bool = False
+
+
+async def record_deliveries(conn: Conn, event: VideoCompleted, payload: bytes,
+                            cfg: WebhookConfig) -> int:
+    """One pending delivery per endpoint of the workspace that wants this event type."""
+    if not await first_delivery(conn, consumer=CONSUMER, event_id=event.event_id):
+        return 0
+    endpoints = await conn.fetch(
+        "SELECT id FROM webhook_endpoints WHERE workspace_id = $1 AND deleted_at IS NULL"
+        " AND (cardinality(event_types) = 0 OR $2 = any(event_types))",
+        event.workspace_id, event.event_type)
+    for endpoint in endpoints:
+        await conn.execute(
+            "INSERT INTO webhook_deliveries (id, endpoint_id, event_id, event_type, payload,"
+            " give_up_at) VALUES ($1, $2, $3, $4, $5, now() + $6::interval)"
+            " ON CONFLICT (endpoint_id, event_id) DO NOTHING",
+            uuid4(), endpoint["id"], event.event_id, event.event_type, payload, cfg.max_age)
+    return len(endpoints)
+
+
+class WebhookSender:
+    def __init__(self, pool: asyncpg.Pool, http: aiohttp.ClientSession,
+                 cfg: WebhookConfig) -> None:
+        self._pool = pool
+        self._http = http
+        self._cfg = cfg
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                due = await self._claim()
+            except (OSError, asyncpg.PostgresError) as exc:
+                log.warning("claiming webhook deliveries failed: %r", exc)
+                due = []
+            if due:
+                await asyncio.gather(*(self._deliver(row) for row in due))
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._cfg.poll_interval)
+
+    async def _claim(self) -> list[asyncpg.Record]:
+        # Claiming pushes next_attempt_at past the request's timeout, so that a crash
+        # mid-request retries later instead of never, and no two senders post at once.
+        rows: list[asyncpg.Record] = await self._pool.fetch(
+            """
+            WITH due AS (
+                SELECT d.id FROM webhook_deliveries d
+                 WHERE d.state = 'pending' AND d.next_attempt_at <= now()
+                 ORDER BY d.next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+            UPDATE webhook_deliveries d
+               SET next_attempt_at = now() + make_interval(secs => $2)
+              FROM due, webhook_endpoints e
+             WHERE d.id = due.id AND e.id = d.endpoint_id
+            RETURNING d.id, d.event_id, d.payload, d.attempts, d.give_up_at, e.url, e.secret,
+                      e.deleted_at
+            """,
+            self._cfg.concurrency, self._cfg.timeout_seconds * 3)
+        return rows
+
+    async def _deliver(self, row: Any) -> None:
+        status: int | None = None
+        error: str | None = None
+        started = time.monotonic()
+        if row["deleted_at"] is not None:
+            await self._finish(row, "failed", None, "the endpoint was removed", 0, record=False)
+            return
+        body = bytes(row["payload"])
+        try:
+            await asyncio.to_thread(check_url, row["url"], allow_private=self._cfg.allow_private)
+            async with self._http.post(
+                row["url"], data=body,
+                headers=headers(row["secret"], str(row["event_id"]), int(time.time()), body),
+                timeout=aiohttp.ClientTimeout(total=self._cfg.timeout_seconds),
+                allow_redirects=False,
+            ) as resp:
+                status = resp.status
+                await resp.read()
+        except UrlRefused as exc:
+            error = f"refused: {exc}"
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            error = repr(exc)[:500]
+        elapsed = int((time.monotonic() - started) * 1000)
+        if status is not None and 200 <= status < 300:
+            await self._finish(row, "succeeded", status, None, elapsed)
+            return
+        attempts = int(row["attempts"]) + 1
+        delay = random.uniform(0, min(self._cfg.retry_cap_seconds,
+                                      self._cfg.retry_base_seconds * 2 ** attempts))
+        await self._finish(row, "pending", status, error or f"HTTP {status}", elapsed,
+                           retry_in=delay)
+
+    async def _finish(self, row: Any, state: str, status: int | None, error: str | None,
+                      elapsed_ms: int, *, retry_in: float = 0.0, record: bool = True) -> None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            if record:
+                await conn.execute(
+                    "INSERT INTO webhook_attempts (delivery_id, status_code, error, duration_ms)"
+                    " VALUES ($1, $2, $3, $4)", row["id"], status, error, elapsed_ms)
+            await conn.execute(
+                """
+                UPDATE webhook_deliveries
+                   SET attempts = attempts + $6, last_status_code = $3, last_error = $4,
+                       state = CASE WHEN $2 = 'pending' AND now() + make_interval(secs => $5)
+                                         > give_up_at THEN 'failed' ELSE $2 END,
+                       next_attempt_at = now() + make_interval(secs => $5),
+                       delivered_at = CASE WHEN $2 = 'succeeded' THEN now() END
+                 WHERE id = $1
+                """,
+                row["id"], state, status, error, retry_in, 1 if record else 0)

@@ -1,0 +1,58 @@
+"""Webhooks the Standard Webhooks way (https://www.standardwebhooks.com/): signing, and
+which URLs may receive them.
+
+Headers: `webhook-id` (the completion event's id, the same on every retry),
+`webhook-timestamp` (seconds since the epoch, at each attempt) and `webhook-signature`
+(`v1,` + base64 of HMAC-SHA256 over `{id}.{timestamp}.{body}`, keyed with the secret's
+base64 part after `whsec_`)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import ipaddress
+import secrets
+import socket
+from urllib.parse import urlsplit
+
+SECRET_PREFIX = "whsec_"
+
+
+def new_secret() -> str:
+    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
+    key = base64.b64decode(secret.removeprefix(SECRET_PREFIX))
+    signed = f"{msg_id}.{timestamp}.".encode() + body
+    return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+
+
+def headers(secret: str, msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+    return {"webhook-id": msg_id, "webhook-timestamp": str(timestamp),
+            "webhook-signature": sign(secret, msg_id, timestamp, body),
+            "Content-Type": "application/json"}
+
+
+class UrlRefused(ValueError):
+    pass
+
+
+def check_url(url: str, *, allow_private: bool) -> None:
+    """Refuse URLs that are not http(s), or that resolve to a private, loopback, link-local
+    or otherwise internal address (unless the operator allows them). Called at registration
+    and again before each delivery, since DNS can change in between."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UrlRefused("must be an http or https URL with a host")
+    if allow_private:
+        return
+    try:
+        infos = socket.getaddrinfo(parts.hostname, parts.port or 443, proto=socket.IPPROTO_TCP)
+    except socket.gaierror as exc:
+        raise UrlRefused(f"the host does not resolve: {exc}") from None
+    for info in infos:
+        address = ipaddress.ip_address(info[4][0])
+        if not address.is_global:
+            raise UrlRefused(f"the host resolves to a non-public address ({address})")
