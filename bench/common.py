@@ -64,11 +64,12 @@ def bench_stack(extra_env: dict[str, str] | None = None) -> Iterator[Stack]:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def rss_mb(pid: int) -> float:
-    """Resident memory of a process and its children (the generator's render pool)."""
+def rss_mb(pid: int, children: bool = True) -> float:
+    """Resident memory of a process, with its children (the generator's render pool)
+    unless `children` is false."""
     proc = psutil.Process(pid)
     total = proc.memory_info().rss
-    for child in proc.children(recursive=True):
+    for child in proc.children(recursive=True) if children else ():
         with suppress(psutil.NoSuchProcess):
             total += child.memory_info().rss
     return round(float(total) / 2**20, 1)

@@ -12,7 +12,8 @@ fi
 command -v mvn >/dev/null || { echo "mvn not found: install Maven (apt-get install maven)" >&2; exit 1; }
 rm -rf "$libs.tmp"
 mkdir -p "$libs.tmp"
-mvn -B -q -f "$here/pom.xml" \
+# INFLUGEN_MAVEN_REPO: a separate local repository (the cold-start benchmark uses an empty one).
+mvn -B -q -f "$here/pom.xml" ${INFLUGEN_MAVEN_REPO:+-Dmaven.repo.local=$INFLUGEN_MAVEN_REPO} \
   org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy-dependencies \
   -DincludeScope=runtime -DoutputDirectory="$libs.tmp" >&2
 ls "$libs.tmp"/kafka_2.13-"$version".jar >/dev/null

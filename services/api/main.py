@@ -16,6 +16,8 @@ from services.api.event_hub import VideoEventHub
 from services.api.handlers import IntakeDeps
 from services.api.keys import BROKER, DEPS, HUB, KEY_CACHE, LIMITER, POOL, SETTINGS
 from services.api.live import routes as live_routes
+from services.api.metrics import REGISTRY, ApiMetrics
+from services.api.metrics import routes as metrics_routes
 from services.api.ratelimit import RateLimiter
 from services.api.routes import errors_and_auth, routes
 from services.api.settings import ApiSettings
@@ -42,9 +44,12 @@ def build_app(settings: ApiSettings, pool: asyncpg.Pool, broker: KafkaBroker,
               deps: IntakeDeps | None = None, hub: VideoEventHub | None = None
               ) -> web.Application:
     """The aiohttp application; resources are opened by the caller and handed in."""
+    api_metrics = ApiMetrics()
     app = web.Application(
-        middlewares=[errors_and_auth], client_max_size=settings.max_body_bytes
+        middlewares=[api_metrics.middleware(), errors_and_auth],
+        client_max_size=settings.max_body_bytes,
     )
+    app[REGISTRY] = api_metrics.registry
     app[SETTINGS] = settings
     app[POOL] = pool
     app[BROKER] = broker
@@ -56,6 +61,7 @@ def build_app(settings: ApiSettings, pool: asyncpg.Pool, broker: KafkaBroker,
     app.add_routes(video_routes)
     app.add_routes(live_routes)
     app.add_routes(webhook_routes)
+    app.add_routes(metrics_routes)
     settings.media_dir.mkdir(parents=True, exist_ok=True)
     app.router.add_static("/media/", settings.media_dir, follow_symlinks=False)
     return app

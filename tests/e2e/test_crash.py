@@ -49,6 +49,7 @@ async def crash_stack(infra: Infra, standin: ReplicateStandIn,
     stack = Stack(run_dir, api_port=free_port(), database_url=infra.database_url,
                   bootstrap_servers=infra.bootstrap_servers, extra_env={
                       "INFLUGEN_LEASE_SECONDS": "3", "INFLUGEN_WATCH_INTERVAL_SECONDS": "0.5",
+                      "INFLUGEN_RETRY_BASE_SECONDS": "0.1", "INFLUGEN_RETRY_CAP_SECONDS": "0.3",
                       "INFLUGEN_RATE_LIMIT_PER_SECOND": "0",
                       "INFLUGEN_CATALOG_PATH": str(catalog),
                       "INFLUGEN_REPLICATE_API_TOKEN": TOKEN,
@@ -157,3 +158,21 @@ async def test_two_generators_never_run_a_job_twice(crash_api: Api, crash_stack:
             await exactly_once(crash_stack, video_id)
     finally:
         terminate(second.pid)
+
+
+async def test_a_failure_after_retries_releases_the_credits(
+    crash_api: Api, crash_stack: Stack, standin: ReplicateStandIn
+) -> None:
+    standin.script = Script(submit=["503"] * 20, retry_after="0")
+    key = await crash_api.workspace(credits=100)
+    character = await crash_api.character(key, "manual")
+    created = await crash_api.video(key, character, duration_seconds=5,
+                                    model_id="replicate-video-1")
+    video = await wait_terminal(crash_api, key, created["id"], timeout=60)
+    assert (video["status"], video["job"]["state"]) == ("failed", "failed")
+    assert video["job"]["attempts"] == 4
+    assert video["job"]["error"]["code"] == "provider_unavailable"
+    assert video["credits"] == {"quoted": 30, "reserved": 0, "charged": 0}
+    _, credits = await crash_api.call("GET", "/v1/credits", key)
+    assert (credits["balance"], credits["reserved"], credits["available"]) == (100, 0, 100)
+    await exactly_once(crash_stack, created["id"])

@@ -19,6 +19,7 @@ from services.api import handlers
 from services.api import repository as api_repo
 from services.generator.consumer import accept_job
 from services.generator.media import LocalMediaStore, probe
+from services.generator.metrics import Metrics
 from services.generator.providers.replicate import ReplicateProvider
 from services.generator.worker import Worker, WorkerConfig
 from shared.catalog import Catalog
@@ -72,11 +73,11 @@ async def queue_job(pool: asyncpg.Pool, catalog_path: Path, *, deadline: float =
 
 
 def make_worker(pool: asyncpg.Pool, session: aiohttp.ClientSession, fake: ReplicateStandIn,
-                media: Path, *, max_attempts: int = 3) -> Worker:
+                media: Path, *, max_attempts: int = 3, metrics: Metrics | None = None) -> Worker:
     provider = ReplicateProvider(session, base_url=fake.base_url, token=TOKEN,
                                  poll_interval=0.05, request_timeout=0.5, max_poll_failures=3,
                                  backoff_base=0.01, backoff_cap=0.05)
-    return Worker(pool=pool, providers={"replicate": provider},
+    return Worker(pool=pool, providers={"replicate": provider}, metrics=metrics,
                   media=LocalMediaStore(media, "http://media.test"),
                   cfg=WorkerConfig(owner=f"test-{uuid4().hex[:6]}", concurrency=2,
                                    lease_seconds=5, poll_interval=0.05,
@@ -87,9 +88,10 @@ def make_worker(pool: asyncpg.Pool, session: aiohttp.ClientSession, fake: Replic
 
 async def drive(pool: asyncpg.Pool, fake: ReplicateStandIn, job_id: UUID, tmp: Path, *,
                 max_attempts: int = 3, timeout: float = 40,
-                during: Any = None) -> asyncpg.Record:
+                during: Any = None, metrics: Metrics | None = None) -> asyncpg.Record:
     async with aiohttp.ClientSession() as session:
-        worker = make_worker(pool, session, fake, tmp, max_attempts=max_attempts)
+        worker = make_worker(pool, session, fake, tmp, max_attempts=max_attempts,
+                             metrics=metrics)
         task = asyncio.create_task(worker.run())
         row: asyncpg.Record | None = None
         try:
@@ -195,12 +197,27 @@ async def test_expired_output_url_submits_again_then_fails(
     assert standin.submissions == 2
 
 
+async def test_output_of_the_wrong_size_is_a_failure_not_a_success(
+    pool: asyncpg.Pool, standin: ReplicateStandIn, catalog_path: Path, tmp_path: Path
+) -> None:
+    standin.script = Script(wrong_short_side=96)
+    job_id = await queue_job(pool, catalog_path)
+    row = await drive(pool, standin, job_id, tmp_path)
+    assert (row["state"], row["error"]["code"]) == ("failed", "bad_output")
+    assert "96x172" in row["error"]["message"]
+    assert not list(tmp_path.rglob("*.mp4"))  # nothing reached the media store
+
+
 async def test_safety_refusal_fails_at_once(
     pool: asyncpg.Pool, standin: ReplicateStandIn, catalog_path: Path, tmp_path: Path
 ) -> None:
     standin.script = Script(outcomes=["safety"])
     job_id = await queue_job(pool, catalog_path)
-    row = await drive(pool, standin, job_id, tmp_path)
+    metrics = Metrics()
+    row = await drive(pool, standin, job_id, tmp_path, metrics=metrics)
+    assert metrics.registry.get_sample_value(
+        "influgen_generator_errors_total", {"provider": "replicate", "code": "safety_refusal"}
+    ) == 1
     assert row["state"] == "failed"
     assert row["error"]["code"] == "safety_refusal"
     assert row["error"]["retryable"] is False

@@ -329,3 +329,14 @@ async def test_webhooks_to_private_addresses_are_refused(client: Client, url: st
     assert status == 422
     assert problem["errors"][0]["field"] == "url"
     assert "non-public" in problem["errors"][0]["message"]
+
+
+async def test_metrics_count_requests_by_route(client: Client) -> None:
+    ws = await client.workspace()
+    await client.call("GET", "/v1/credits", ws["api_key"])
+    await client.call("GET", "/v1/credits", "wrong")
+    async with client.session.get(client.base + "/metrics") as resp:
+        text = await resp.text()
+    assert resp.status == 200
+    assert 'influgen_api_requests_total{method="GET",route="/v1/credits",status="200"} 1.0' in text
+    assert 'route="/v1/credits",status="401"} 1.0' in text

@@ -29,6 +29,8 @@ class Script:
     #: per submission: succeeded | no_output | failed | safety | never | expired
     outcomes: list[str] = field(default_factory=list)
     retry_after: str = "1"
+    #: render outputs at this short side instead of the requested one
+    wrong_short_side: int | None = None
 
 
 class ReplicateStandIn:
@@ -126,7 +128,7 @@ class ReplicateStandIn:
         return web.json_response(self._public(prediction))
 
     def _render(self, input_: dict[str, Any], name: str) -> None:
-        short = int(str(input_["resolution"]).rstrip("p"))
+        short = self.script.wrong_short_side or int(str(input_["resolution"]).rstrip("p"))
         width, height = frame_size(short, input_["aspect_ratio"])
         fps = int(input_["fps"])
         render(RenderRequest(width=width, height=height, fps=fps,
