@@ -111,15 +111,20 @@ class Stack:
     def service_pid(self, name: str) -> int | None:
         return running_pid(self.pids / f"{name}.pid")
 
+    def ready_file(self, name: str) -> Path:
+        return self.pids / f"{name}.ready"
+
     def start_service(self, name: str) -> int:
         pid = self.service_pid(name)
         if pid is not None:
             return pid
         self.logs.mkdir(parents=True, exist_ok=True)
+        self.ready_file(name).unlink(missing_ok=True)
         with (self.logs / f"{name}.log").open("ab") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", f"services.{name}.main"], cwd=ROOT,
-                env=self.service_env(), stdout=log, stderr=subprocess.STDOUT,
+                env={**self.service_env(), "INFLUGEN_READY_FILE": str(self.ready_file(name))},
+                stdout=log, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True,
             )
         (self.pids / f"{name}.pid").write_text(str(proc.pid))
@@ -130,6 +135,18 @@ class Stack:
         if pid is not None:
             terminate(pid, timeout=20)
         (self.pids / f"{name}.pid").unlink(missing_ok=True)
+
+    def wait_services(self, timeout: float = 90) -> None:
+        """Until every service says it consumes and serves (its consumers have joined their
+        groups, which takes a session timeout when a killed member is still registered)."""
+        deadline = time.monotonic() + timeout
+        for name in SERVICES:
+            while not self.ready_file(name).exists():
+                if self.service_pid(name) is None:
+                    raise RuntimeError(f"{name} exited; see {self.logs / (name + '.log')}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{name} not ready after {timeout}s")
+                time.sleep(0.1)
 
     def wait_api(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -156,6 +173,7 @@ class Stack:
         self.prepare()
         for name in SERVICES:
             self.start_service(name)
+        self.wait_services()
         self.wait_api()
 
     def down(self) -> None:
@@ -267,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     demo = ensure_demo(stack)
     env = stack.write_env(demo["api_key"])
     print(f"stack up in {time.monotonic() - started:.1f}s; settings in {env}")
-    print(f"web page:      {stack.api_url}/")
+    print(f"API reference: {stack.api_url}/docs   (the web page is not built yet)")
     print(f"demo API key:  {demo['api_key']}")
     video = wait_video(stack, demo)
     media = video.get("media") or {}

@@ -39,4 +39,7 @@ class CommonSettings(BaseSettings):
     #: Let webhooks go to private and loopback addresses (off in production).
     webhook_allow_private: bool = False
     log_level: str = "INFO"
+    #: Written once the service consumes and serves (its consumers have joined their
+    #: groups); `make up` waits for it. None: not written.
+    ready_file: Path | None = None
     instance_id: str = ""

@@ -27,7 +27,7 @@ from shared.catalog import Catalog
 from shared.db import create_pool, migrate
 from shared.kafka import make_broker
 from shared.outbox import OutboxRelay
-from shared.runtime import cancel, configure_logging, wait_for_stop_signal
+from shared.runtime import cancel, configure_logging, mark_ready, wait_for_stop_signal
 
 log = logging.getLogger("influgen.api")
 
@@ -100,6 +100,7 @@ async def serve(settings: ApiSettings) -> None:
     site = web.TCPSite(runner, settings.api_host, settings.api_port, reuse_address=True)
     await site.start()
     log.info("api listening on http://%s:%d", settings.api_host, settings.api_port)
+    mark_ready(settings.ready_file)
     try:
         await wait_for_stop_signal()
     finally:

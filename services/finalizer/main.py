@@ -15,7 +15,7 @@ from shared.catalog import Catalog
 from shared.db import create_pool, migrate
 from shared.kafka import make_broker
 from shared.outbox import OutboxRelay
-from shared.runtime import cancel, configure_logging, wait_for_stop_signal
+from shared.runtime import cancel, configure_logging, mark_ready, wait_for_stop_signal
 
 log = logging.getLogger("influgen.finalizer")
 
@@ -46,6 +46,7 @@ async def serve(settings: FinalizerSettings) -> None:
     tasks = [asyncio.create_task(relay.run(), name="outbox-relay"),
              asyncio.create_task(sender.run(), name="webhook-sender")]
     log.info("finalizer running")
+    mark_ready(settings.ready_file)
     try:
         await wait_for_stop_signal()
     finally:

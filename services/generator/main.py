@@ -24,7 +24,7 @@ from services.generator.worker import Worker, WorkerConfig
 from shared.db import create_pool, migrate
 from shared.kafka import make_broker
 from shared.outbox import OutboxRelay
-from shared.runtime import cancel, configure_logging, wait_for_stop_signal
+from shared.runtime import cancel, configure_logging, mark_ready, wait_for_stop_signal
 
 log = logging.getLogger("influgen.generator")
 
@@ -83,6 +83,7 @@ async def serve(settings: GeneratorSettings) -> None:
     tasks = [asyncio.create_task(worker.run(), name="worker"),
              asyncio.create_task(relay.run(), name="outbox-relay")]
     log.info("generator running")
+    mark_ready(settings.ready_file)
     try:
         await wait_for_stop_signal()
     finally:

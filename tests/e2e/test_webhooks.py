@@ -54,7 +54,7 @@ async def test_failing_receiver_gets_the_same_signed_event_until_it_accepts(
     character = await api.character(key, "autopilot")
     created = await api.video(key, character, duration_seconds=5)
     await wait_terminal(api, key, created["id"])
-    for _ in range(200):
+    for _ in range(600):  # up to 30 s: retries are spaced by backoff with jitter
         if len(receiver.requests) >= 4:
             break
         await asyncio.sleep(0.05)
