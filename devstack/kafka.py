@@ -141,13 +141,6 @@ class LocalKafka:
             terminate(pid, timeout=30)
         self.pid_file.unlink(missing_ok=True)
 
-    def kill(self) -> None:
-        """SIGKILL, as a crash would; the next start() recovers the log."""
-        pid = self.pid()
-        if pid is not None:
-            terminate(pid, timeout=0)
-        self.pid_file.unlink(missing_ok=True)
-
 
 async def _metadata_ok(bootstrap: str) -> bool:
     import logging
