@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ("stack", "render", "intake")
+BENCHMARKS = ("stack", "render", "intake", "pipeline")
 
 
 def main(argv: list[str]) -> int:

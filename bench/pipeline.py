@@ -1,0 +1,152 @@
+"""Pipeline overhead: time from the `202` to the `video.approved` event on
+`influgen.video.completed.v1` (sandbox provider), at fixed rates, beside a Kafka
+produce -> consume round trip on the same broker, measured in the same run. Done for two
+consumer fetch waits, since that setting trades idle CPU against latency."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import time
+from typing import Any
+
+import aiohttp
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from bench.common import bench_stack, write_result
+from shared.kafka import topic_partitions
+
+RATES = (50, 200)
+SECONDS = 10
+FETCH_WAITS = (10, 100)
+SCENE = "Walking through a hotel lobby at golden hour, slow push-in, confident energy"
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))], 1)
+
+
+async def _consumer(bootstrap: str, topic: str) -> AIOKafkaConsumer:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+                                fetch_max_wait_ms=5, enable_auto_commit=False)
+    await consumer.start()
+    tps = await topic_partitions(bootstrap, [topic])
+    consumer.assign(tps)
+    await consumer.seek_to_end(*tps)
+    for tp in tps:
+        await consumer.position(tp)
+    return consumer
+
+
+async def round_trip(bootstrap: str, rate: int) -> dict[str, Any]:
+    """Baseline: produce to a topic and consume it back, at `rate` per second."""
+    topic = "influgen.video.dlq.v1"  # an existing topic no service consumes
+    consumer = await _consumer(bootstrap, topic)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
+    await producer.start()
+    sent: dict[str, float] = {}
+    got: dict[str, float] = {}
+
+    async def receive() -> None:
+        while len(got) < rate * SECONDS:
+            for records in (await consumer.getmany(timeout_ms=200)).values():
+                now = time.perf_counter()
+                for r in records:
+                    if r.key and r.key.startswith(b"rt-"):
+                        got[r.key.decode()] = now
+
+    reader = asyncio.create_task(receive())
+    started = time.perf_counter()
+    for i in range(rate * SECONDS):
+        await asyncio.sleep(max(0.0, started + i / rate - time.perf_counter()))
+        key = f"rt-{i}"
+        sent[key] = time.perf_counter()
+        await producer.send(topic, b"{}", key=key.encode())
+    await asyncio.wait_for(reader, timeout=60)
+    await producer.stop()
+    await consumer.stop()
+    latencies = [(got[k] - sent[k]) * 1000 for k in sent if k in got]
+    return {"p50_ms": _pct(latencies, 0.5), "p99_ms": _pct(latencies, 0.99),
+            "messages": len(latencies)}
+
+
+async def pipeline(api_url: str, key: str, character: str, bootstrap: str, rate: int
+                   ) -> dict[str, Any]:
+    consumer = await _consumer(bootstrap, "influgen.video.completed.v1")
+    accepted: dict[str, float] = {}
+    done: dict[str, float] = {}
+    total = rate * SECONDS
+
+    async def receive() -> None:
+        while len(done) < total:
+            for records in (await consumer.getmany(timeout_ms=200)).values():
+                now = time.perf_counter()
+                for r in records:
+                    event = json.loads(r.value)
+                    if event["event_type"] == "video.approved":
+                        done.setdefault(event["video"]["id"], now)
+
+    body = {"character_id": character, "scene_description": SCENE, "duration_seconds": 5}
+    headers = {"Authorization": f"Bearer {key}"}
+    reader = asyncio.create_task(receive())
+    async with aiohttp.ClientSession() as http:
+        async def one() -> None:
+            async with http.post(f"{api_url}/v1/videos", json=body, headers=headers) as resp:
+                data = await resp.json()
+                accepted[data["id"]] = time.perf_counter()
+
+        started = time.perf_counter()
+        posts = []
+        for i in range(total):
+            await asyncio.sleep(max(0.0, started + i / rate - time.perf_counter()))
+            posts.append(asyncio.create_task(one()))
+        await asyncio.gather(*posts)
+    try:
+        await asyncio.wait_for(reader, timeout=120)
+    except TimeoutError:
+        reader.cancel()
+    await consumer.stop()
+    latencies = [(done[v] - accepted[v]) * 1000 for v in accepted if v in done]
+    return {"rate": rate, "jobs": total, "completed": len(latencies),
+            "p50_ms": _pct(latencies, 0.5), "p99_ms": _pct(latencies, 0.99),
+            "mean_ms": round(statistics.fmean(latencies), 1)}
+
+
+def _post(url: str, token: str, body: Any) -> Any:
+    import urllib.request
+
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST", headers={
+        "Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def run() -> dict[str, Any]:
+    runs = []
+    for wait in FETCH_WAITS:
+        env = {"INFLUGEN_RATE_LIMIT_PER_SECOND": "0", "INFLUGEN_LOG_LEVEL": "WARNING",
+               "INFLUGEN_KAFKA_FETCH_MAX_WAIT_MS": str(wait), "INFLUGEN_CONCURRENCY": "8"}
+        with bench_stack(env) as stack:
+            ws = _post(f"{stack.api_url}/v1/admin/workspaces", stack.admin_token,
+                       {"name": "bench", "credits": 10**9, "sandbox": True})
+            character = _post(f"{stack.api_url}/v1/characters", ws["api_key"],
+                              {"name": "Bench", "review_mode": "autopilot"})["id"]
+            asyncio.run(pipeline(stack.api_url, ws["api_key"], character, stack.bootstrap, 20))
+            for rate in RATES:
+                baseline = asyncio.run(round_trip(stack.bootstrap, rate))
+                result = asyncio.run(pipeline(stack.api_url, ws["api_key"], character,
+                                              stack.bootstrap, rate))
+                runs.append({"fetch_max_wait_ms": wait, **result,
+                             "baseline_kafka_round_trip": baseline,
+                             "ratio_p50_to_round_trip_p50": round(
+                                 result["p50_ms"] / max(baseline["p50_ms"], 0.1), 1)})
+                print(f"pipeline fetch_wait={wait}ms {rate}/s: 202->approved p50 "
+                      f"{result['p50_ms']} ms p99 {result['p99_ms']} ms "
+                      f"({result['completed']}/{result['jobs']}); kafka round trip p50 "
+                      f"{baseline['p50_ms']} ms p99 {baseline['p99_ms']} ms")
+    out = {"runs": runs, "goal": "p50 <= 30 ms and p99 <= 150 ms at 200 jobs/s",
+           "generator_concurrency": 8}
+    write_result("pipeline", out)
+    return out
