@@ -19,9 +19,8 @@ BROKER = web.AppKey("broker", KafkaBroker)
 LIMITER = web.AppKey("limiter", RateLimiter)
 KEY_CACHE = web.AppKey("key_cache", KeyCache)
 HUB = web.AppKey("hub", VideoEventHub)
-WORKSPACE_KEY = "workspace"
+WORKSPACE_KEY = web.RequestKey("workspace", Workspace)
 
 
 def workspace_of(request: web.Request) -> Workspace:
-    ws: Workspace = request[WORKSPACE_KEY]
-    return ws
+    return request[WORKSPACE_KEY]
