@@ -1,0 +1,89 @@
+"""The `influgen` command against the real services, as a script would use it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devstack.stack import Stack
+
+pytestmark = pytest.mark.e2e
+CLI = str(Path(sys.executable).parent / "influgen")
+SCENE = "Walking on a beach at sunset, slow push-in, calm mood, wide shot"
+
+
+def influgen(stack: Stack, *args: str, key: str | None = None, stdin: str | None = None
+             ) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": "/usr/bin:/bin", "INFLUGEN_API_URL": stack.api_url,
+           "INFLUGEN_ADMIN_TOKEN": stack.admin_token,
+           "KAFKA_BOOTSTRAP_SERVERS": stack.bootstrap,
+           "INFLUGEN_KAFKA_BOOTSTRAP_SERVERS": stack.bootstrap}
+    if key:
+        env["INFLUGEN_API_KEY"] = key
+    return subprocess.run([CLI, *args], capture_output=True, text=True, env=env, input=stdin,
+                          timeout=120, check=False)
+
+
+def as_json(result: subprocess.CompletedProcess[str]) -> Any:
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_a_scripted_session(stack: Stack) -> None:
+    ws = as_json(influgen(stack, "--json", "admin", "create-workspace", "cli", "--credits",
+                          "100", "--sandbox"))
+    key = ws["api_key"]
+    character = as_json(influgen(stack, "--json", "characters", "create", "Mila",
+                                 "--review-mode", "manual", key=key))
+    video = as_json(influgen(stack, "--json", "videos", "create", "--character",
+                             character["id"], "--scene", SCENE, "--duration", "5",
+                             "--hashtag", "#beach", "--wait", key=key))
+    assert (video["status"], video["hashtags"]) == ("ready", ["beach"])
+    reviewed = as_json(influgen(stack, "--json", "videos", "review", video["id"], "approve",
+                                key=key))
+    assert reviewed["status"] == "approved"
+    human = influgen(stack, "credits", key=key)
+    assert human.returncode == 0
+    assert "available 95" in human.stdout
+    listed = as_json(influgen(stack, "--json", "videos", "list", "--status", "approved",
+                              key=key))
+    assert [v["id"] for v in listed["items"]] == [video["id"]]
+
+
+def test_errors_are_readable_and_exit_non_zero(stack: Stack) -> None:
+    ws = as_json(influgen(stack, "--json", "admin", "create-workspace", "cli-bad"))
+    bad = influgen(stack, "videos", "create", "--character", "not-a-uuid", "--scene", " ",
+                   "--duration", "99", key=ws["api_key"])
+    assert bad.returncode == 1
+    assert "422" in bad.stderr
+    assert "duration_seconds" in bad.stderr
+    assert "scene_description" in bad.stderr
+    assert influgen(stack, "credits", key="wrong").returncode == 1
+    assert influgen(stack, "videos").returncode == 2  # usage
+    unreachable = subprocess.run([CLI, "--url", "http://127.0.0.1:9", "--api-key", "k",
+                                  "credits"], capture_output=True, text=True, timeout=60,
+                                 check=False)
+    assert unreachable.returncode == 3
+
+
+def test_events_publish_and_tail(stack: Stack) -> None:
+    ws = as_json(influgen(stack, "--json", "admin", "create-workspace", "cli-events",
+                          "--credits", "100", "--sandbox"))
+    key = ws["api_key"]
+    character = as_json(influgen(stack, "--json", "characters", "create", "Theo",
+                                 "--review-mode", "autopilot", key=key))
+    event = {"workspace_id": ws["id"], "correlation_id": "cli", "character_id":
+             character["id"], "scene_description": SCENE, "duration_seconds": 5}
+    published = as_json(influgen(stack, "--json", "events", "publish", "-",
+                                 stdin=json.dumps(event)))
+    assert published["request_id"]
+    tailed = as_json(influgen(stack, "--json", "events", "tail", "--from-beginning",
+                              "--workspace", ws["id"], "--type", "video.approved", "--max",
+                              "1"))
+    assert tailed["event_type"] == "video.approved"
+    assert tailed["video"]["character_id"] == character["id"]
