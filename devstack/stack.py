@@ -285,7 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     demo = ensure_demo(stack)
     env = stack.write_env(demo["api_key"])
     print(f"stack up in {time.monotonic() - started:.1f}s; settings in {env}")
-    print(f"API reference: {stack.api_url}/docs   (the web page is not built yet)")
+    print(f"web page:      {stack.api_url}/")
+    print(f"API reference: {stack.api_url}/docs")
     print(f"demo API key:  {demo['api_key']}")
     video = wait_video(stack, demo)
     media = video.get("media") or {}

@@ -19,7 +19,7 @@ from services.api.live import routes as live_routes
 from services.api.metrics import REGISTRY, ApiMetrics
 from services.api.metrics import routes as metrics_routes
 from services.api.ratelimit import RateLimiter
-from services.api.routes import errors_and_auth, routes
+from services.api.routes import STATIC, errors_and_auth, routes
 from services.api.settings import ApiSettings
 from services.api.video_routes import routes as video_routes
 from services.api.webhook_routes import routes as webhook_routes
@@ -64,6 +64,7 @@ def build_app(settings: ApiSettings, pool: asyncpg.Pool, broker: KafkaBroker,
     app.add_routes(metrics_routes)
     settings.media_dir.mkdir(parents=True, exist_ok=True)
     app.router.add_static("/media/", settings.media_dir, follow_symlinks=False)
+    app.router.add_static("/static/", STATIC, follow_symlinks=False)
     return app
 
 

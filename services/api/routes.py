@@ -130,6 +130,13 @@ async def openapi(request: web.Request) -> web.Response:
                                            version="1.0.0"))
 
 
+@routes.get("/")
+@operation(summary="The web page: generation form, live queue status card, review queue",
+           responses={200: None}, auth=None, tags=("ops",))
+async def index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC / "index.html")
+
+
 @routes.get("/docs")
 @operation(summary="API reference (HTML)", responses={200: None}, auth=None, tags=("ops",))
 async def docs(request: web.Request) -> web.FileResponse:
