@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run up down status test test-unit test-integration test-e2e lint bench clean
+.PHONY: run up down status test test-unit test-integration test-e2e lint bench asyncapi clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,10 @@ test-e2e: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m mypy
+
+## the AsyncAPI document of the topics, generated from the code
+asyncapi: $(STAMP)
+	$(PY) -m shared.asyncapi > docs/asyncapi.json
 
 bench: $(STAMP)
 	@bash deploy/kafka/fetch.sh >/dev/null

@@ -137,6 +137,15 @@ async def index(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC / "index.html")
 
 
+@routes.get("/asyncapi.json")
+@operation(summary="The AsyncAPI document of the Kafka topics", responses={200: None},
+           auth=None, tags=("ops",))
+async def asyncapi(request: web.Request) -> web.Response:
+    from shared.asyncapi import build
+
+    return web.json_response(build())
+
+
 @routes.get("/docs")
 @operation(summary="API reference (HTML)", responses={200: None}, auth=None, tags=("ops",))
 async def docs(request: web.Request) -> web.FileResponse:
