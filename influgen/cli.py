@@ -57,8 +57,13 @@ async def _follow(client: Client, video_id: Any, args: argparse.Namespace) -> in
     async for event in client.events(video_id):
         data = event["data"]
         job = data["job"]
+        queue = ""
+        if data["status"] == "queued":  # the stream carries no queue position: ask for it
+            position = (await client.video(video_id)).job.queue_position
+            queue = f"  (queue position {position})" if position else ""
         filled = job["progress"] // 5
-        line = f"[{'#' * filled}{' ' * (20 - filled)}] {job['progress']:3d}%  {data['status']}"
+        line = (f"[{'#' * filled}{' ' * (20 - filled)}] {job['progress']:3d}%  "
+                f"{data['status']} / {job['state']}{queue}")
         if tty:
             print(f"\r{line}", end="", file=sys.stderr, flush=True)
         elif not args.json:

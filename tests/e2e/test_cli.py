@@ -44,12 +44,17 @@ def test_a_scripted_session(stack: Stack) -> None:
                              character["id"], "--scene", SCENE, "--duration", "5",
                              "--hashtag", "#beach", "--wait", key=key))
     assert (video["status"], video["hashtags"]) == ("ready", ["beach"])
+    waited = influgen(stack, "videos", "create", "--character", character["id"], "--scene",
+                      SCENE, "--duration", "5", "--wait", key=key)
+    assert waited.returncode == 0, waited.stderr
+    assert "queue position 1" in waited.stderr  # the live progress lines
+    assert "100%  ready / succeeded" in waited.stderr
     reviewed = as_json(influgen(stack, "--json", "videos", "review", video["id"], "approve",
                                 key=key))
     assert reviewed["status"] == "approved"
     human = influgen(stack, "credits", key=key)
     assert human.returncode == 0
-    assert "available 95" in human.stdout
+    assert "available 90" in human.stdout
     listed = as_json(influgen(stack, "--json", "videos", "list", "--status", "approved",
                               key=key))
     assert [v["id"] for v in listed["items"]] == [video["id"]]
