@@ -34,7 +34,6 @@ from services.api.schemas import (
 from shared.events import FieldError, VideoResource
 
 M = TypeVar("M", bound=BaseModel)
-FINAL = frozenset({"ready", "approved", "rejected", "failed", "canceled"})
 
 
 class ApiError(Exception):

@@ -30,6 +30,8 @@ ReviewMode = Literal["manual", "autopilot"]
 VideoStatus = Literal["queued", "generating", "ready", "approved", "rejected", "failed", "canceled"]
 ReviewState = Literal["ready", "approved", "rejected"]
 JobState = Literal["queued", "submitted", "running", "succeeded", "failed", "canceled"]
+#: Generation is over in these (a `ready` video waits for a reviewer, not for the pipeline).
+FINAL_STATUSES: frozenset[str] = frozenset({"ready", "approved", "rejected", "failed", "canceled"})
 
 
 def utcnow() -> datetime:

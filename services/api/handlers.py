@@ -20,6 +20,7 @@ from shared import outbox
 from shared.catalog import Catalog
 from shared.db import Conn
 from shared.events import (
+    FINAL_STATUSES,
     TOPIC_COMPLETED,
     TOPIC_JOBS,
     TOPIC_REJECTED,
@@ -247,9 +248,6 @@ class Conflict(Exception):
     """The video is not in a state that allows the operation."""
 
 
-TERMINAL_STATUSES = frozenset({"ready", "approved", "rejected", "failed", "canceled"})
-
-
 async def request_cancel(conn: Conn, workspace: Workspace, video_id: UUID) -> None:
     """Ask the generator to stop the video's job; it ends `canceled` and the finalizer
     releases the credits. A video that already finished answers Conflict."""
@@ -258,7 +256,7 @@ async def request_cancel(conn: Conn, workspace: Workspace, video_id: UUID) -> No
         " WHERE v.id = $1 AND v.workspace_id = $2", video_id, workspace.id)
     if row is None:
         raise NotFound()
-    if row["status"] in TERMINAL_STATUSES or row["state"] in ("succeeded", "failed", "canceled"):
+    if row["status"] in FINAL_STATUSES or row["state"] in ("succeeded", "failed", "canceled"):
         raise Conflict(f"the video is already {row['status']}")
     await conn.execute(
         "UPDATE jobs SET cancel_requested = true, updated_at = now()"

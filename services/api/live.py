@@ -17,9 +17,8 @@ from services.api import handlers
 from services.api.http import uuid_param
 from services.api.keys import HUB, POOL, workspace_of
 from services.api.openapi import operation
+from shared.events import FINAL_STATUSES
 
-#: The stream ends at these: generation is over (a `ready` video waits for a reviewer).
-FINAL = frozenset({"ready", "approved", "rejected", "failed", "canceled"})
 routes = web.RouteTableDef()
 
 
@@ -60,7 +59,7 @@ async def video_events(request: web.Request) -> web.StreamResponse:
                 for row in rows:
                     await sse.send(_payload(row), id=str(row["id"]), event="status")
                     last = row["id"]
-                if rows and rows[-1]["status"] in FINAL:
+                if rows and rows[-1]["status"] in FINAL_STATUSES:
                     break
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), timeout=5)

@@ -17,7 +17,7 @@ from services.api.openapi import operation
 from services.api.problems import problem
 from services.api.schemas import DryRun, ReviewIn, VideoList, VideoQuery, VideoRequest
 from services.api.validation import RequestInvalid
-from shared.events import FieldError, VideoResource
+from shared.events import FINAL_STATUSES, FieldError, VideoResource
 from shared.videos import fetch_video, list_videos
 
 routes = web.RouteTableDef()
@@ -162,7 +162,7 @@ async def cancel_video(request: web.Request) -> web.Response:
         async with pool.acquire() as conn:
             resource = await fetch_video(conn, video_id, workspace.id)
         assert resource is not None
-        if resource.status in handlers.TERMINAL_STATUSES or loop.time() >= deadline:
+        if resource.status in FINAL_STATUSES or loop.time() >= deadline:
             return ok(resource)
         await asyncio.sleep(0.1)
 
