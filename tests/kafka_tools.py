@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
@@ -26,3 +27,17 @@ async def read_topic(bootstrap: str, topic: str) -> list[Any]:
         return await read_until(consumer, ends)
     finally:
         await consumer.stop()
+
+
+async def read_events(bootstrap: str, topic: str) -> list[dict[str, Any]]:
+    """The JSON objects on `topic`, skipping anything else: other tests put garbage on the
+    shared topics on purpose."""
+    events = []
+    for record in await read_topic(bootstrap, topic):
+        try:
+            value = json.loads(record.value)
+        except (ValueError, TypeError):
+            continue
+        if isinstance(value, dict):
+            events.append(value)
+    return events

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
 import signal
@@ -25,7 +24,7 @@ from tests.catalogs import small_hosted_catalog
 from tests.e2e.conftest import Api
 from tests.e2e.test_pipeline import wait_terminal
 from tests.infra import Infra
-from tests.kafka_tools import read_topic
+from tests.kafka_tools import read_events
 from tests.standins.replicate import TOKEN, ReplicateStandIn, Script
 
 pytestmark = pytest.mark.e2e
@@ -88,16 +87,14 @@ async def job(api: Api, key: str, video_id: str) -> dict[str, Any]:
 async def exactly_once(stack: Stack, video_id: str) -> None:
     """One generation outcome and one completion event id for the video."""
     for _ in range(100):
-        completed = [json.loads(r.value) for r in
-                     await read_topic(stack.bootstrap, "influgen.video.completed.v1")]
+        completed = await read_events(stack.bootstrap, "influgen.video.completed.v1")
         mine = [e for e in completed if e["video"]["id"] == video_id]
         if mine:
             break
         await asyncio.sleep(0.1)
     assert len({e["event_id"] for e in mine}) == 1
-    generated = [json.loads(r.value) for r in
-                 await read_topic(stack.bootstrap, "influgen.video.generated.v1")]
-    assert len({e["event_id"] for e in generated if e["video_id"] == video_id}) == 1
+    generated = await read_events(stack.bootstrap, "influgen.video.generated.v1")
+    assert len({e["event_id"] for e in generated if e.get("video_id") == video_id}) == 1
 
 
 async def test_kill9_mid_render_then_restart(crash_api: Api, crash_stack: Stack) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 import pytest
@@ -11,15 +10,14 @@ import pytest
 from devstack.stack import Stack
 from tests.e2e.conftest import Api
 from tests.e2e.test_pipeline import wait_terminal
-from tests.kafka_tools import read_topic
+from tests.kafka_tools import read_events
 
 pytestmark = pytest.mark.e2e
 
 
 async def completions(stack: Stack, video_id: str) -> list[dict[str, Any]]:
-    records = await read_topic(stack.bootstrap, "influgen.video.completed.v1")
-    events = [json.loads(r.value) for r in records]
-    return [e for e in events if e["video"]["id"] == video_id]
+    events = await read_events(stack.bootstrap, "influgen.video.completed.v1")
+    return [e for e in events if e.get("video", {}).get("id") == video_id]
 
 
 async def test_review_moves_ready_to_approved_and_emits_events(api: Api, stack: Stack) -> None:

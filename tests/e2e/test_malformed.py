@@ -17,7 +17,7 @@ from shared.events import TOPIC_DLQ, TOPIC_GENERATED, TOPIC_REJECTED, TOPIC_REQU
 from shared.kafka import topic_partitions
 from tests.e2e.conftest import Api
 from tests.e2e.test_pipeline import SCENE, wait_terminal
-from tests.kafka_tools import read_topic
+from tests.kafka_tools import read_events, read_topic
 
 pytestmark = pytest.mark.e2e
 COUNT = 1000
@@ -71,8 +71,7 @@ async def test_garbage_ends_in_the_dlq_or_as_rejections_without_stalling(
     # The API does not show a workspace its own id: read it from a completion event.
     video = await api.video(key, character, duration_seconds=5)
     await wait_terminal(api, key, video["id"])
-    completed = [json.loads(r.value) for r in
-                 await read_topic(stack.bootstrap, "influgen.video.completed.v1")]
+    completed = await read_events(stack.bootstrap, "influgen.video.completed.v1")
     workspace = next(e["workspace_id"] for e in completed if e["video"]["id"] == video["id"])
 
     expected: dict[str, int] = {"dlq": 0, "rejected": 0}
@@ -113,8 +112,7 @@ async def test_garbage_ends_in_the_dlq_or_as_rejections_without_stalling(
         return [r for r in records if r.key and r.key.decode().startswith(tag)]
 
     dead = mine(await read_topic(stack.bootstrap, TOPIC_DLQ))
-    rejected = [json.loads(r.value)["request_id"] for r in
-                await read_topic(stack.bootstrap, TOPIC_REJECTED)]
+    rejected = [e["request_id"] for e in await read_events(stack.bootstrap, TOPIC_REJECTED)]
     assert len(dead) == expected["dlq"]
     assert len({r for r in rejected if r.startswith(f"{tag}-")}) == expected["rejected"]
     _, listing = await api.call("GET", "/v1/videos?limit=100", key)
