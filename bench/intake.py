@@ -17,19 +17,12 @@ import asyncpg
 from bench.common import bench_stack, rss_mb, write_result
 from bench.load import Target, attack
 from devstack.proc import free_port, terminate
-from devstack.stack import Stack
+from devstack.stack import Stack, call_api
 
 #: 100/s is below what the whole stack sustains on 2 cores; the others are the goals' rates.
 RATES = (100, 250, 500, 1000)
 SECONDS = 10.0
 SCENE = "Walking through a hotel lobby at golden hour, slow push-in, confident energy"
-
-
-def _post(url: str, token: str, body: Any) -> Any:
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST", headers={
-        "Authorization": f"Bearer {token}", "Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        return json.loads(resp.read())
 
 
 def bare_aiohttp(body: bytes) -> dict[str, Any]:
@@ -103,9 +96,9 @@ def memory(stack: Stack) -> dict[str, float]:
 def run() -> dict[str, Any]:
     env = {"INFLUGEN_RATE_LIMIT_PER_SECOND": "0", "INFLUGEN_LOG_LEVEL": "WARNING"}
     with bench_stack(env) as stack:
-        ws = _post(f"{stack.api_url}/v1/admin/workspaces", stack.admin_token,
+        ws = call_api("POST", f"{stack.api_url}/v1/admin/workspaces", stack.admin_token,
                    {"name": "bench", "credits": 1_000_000_000, "sandbox": True})
-        character = _post(f"{stack.api_url}/v1/characters", ws["api_key"],
+        character = call_api("POST", f"{stack.api_url}/v1/characters", ws["api_key"],
                           {"name": "Bench", "review_mode": "autopilot"})
         body = json.dumps({"character_id": character["id"], "scene_description": SCENE,
                            "duration_seconds": 5}).encode()

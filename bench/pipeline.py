@@ -15,6 +15,7 @@ import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from bench.common import bench_stack, write_result
+from devstack.stack import call_api
 from shared.kafka import topic_partitions
 
 RATES = (50, 200)
@@ -114,24 +115,15 @@ async def pipeline(api_url: str, key: str, character: str, bootstrap: str, rate:
             "mean_ms": round(statistics.fmean(latencies), 1)}
 
 
-def _post(url: str, token: str, body: Any) -> Any:
-    import urllib.request
-
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST", headers={
-        "Authorization": f"Bearer {token}", "Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        return json.loads(resp.read())
-
-
 def run() -> dict[str, Any]:
     runs = []
     for wait in FETCH_WAITS:
         env = {"INFLUGEN_RATE_LIMIT_PER_SECOND": "0", "INFLUGEN_LOG_LEVEL": "WARNING",
                "INFLUGEN_KAFKA_FETCH_MAX_WAIT_MS": str(wait), "INFLUGEN_CONCURRENCY": "8"}
         with bench_stack(env) as stack:
-            ws = _post(f"{stack.api_url}/v1/admin/workspaces", stack.admin_token,
+            ws = call_api("POST", f"{stack.api_url}/v1/admin/workspaces", stack.admin_token,
                        {"name": "bench", "credits": 10**9, "sandbox": True})
-            character = _post(f"{stack.api_url}/v1/characters", ws["api_key"],
+            character = call_api("POST", f"{stack.api_url}/v1/characters", ws["api_key"],
                               {"name": "Bench", "review_mode": "autopilot"})["id"]
             asyncio.run(pipeline(stack.api_url, ws["api_key"], character, stack.bootstrap, 20))
             for rate in RATES:

@@ -4,13 +4,11 @@ an 8-second 9:16 video beside the time to render that video alone; memory at idl
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import statistics
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -18,29 +16,21 @@ import psutil
 
 from bench.common import rss_mb, write_result
 from devstack.proc import free_port
-from devstack.stack import Stack
+from devstack.stack import Stack, call_api
 from services.generator.providers.render import RenderRequest, render
 
 SCENE = ("Walking through a marble hotel lobby at golden hour, subtle camera push-in, "
          "confident luxury travel energy")
 
 
-def _call(method: str, url: str, token: str, body: Any = None) -> Any:
-    req = urllib.request.Request(url, data=json.dumps(body).encode() if body else None,
-                                 method=method, headers={"Authorization": f"Bearer {token}",
-                                                         "Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        return json.loads(resp.read())
-
-
 def post_to_ready(stack: Stack, key: str, character: str) -> float:
     started = time.perf_counter()
-    video = _call("POST", f"{stack.api_url}/v1/videos", key, {
+    video = call_api("POST", f"{stack.api_url}/v1/videos", key, {
         "character_id": character, "scene_description": SCENE, "duration_seconds": 8,
         "aspect_ratio": "9:16", "quality_tier": "standard"})
     while video["status"] not in ("ready", "failed"):
         time.sleep(0.02)
-        video = _call("GET", f"{stack.api_url}/v1/videos/{video['id']}", key)
+        video = call_api("GET", f"{stack.api_url}/v1/videos/{video['id']}", key)
     assert video["status"] == "ready", video
     return time.perf_counter() - started
 
@@ -68,9 +58,9 @@ def run() -> dict[str, Any]:
         started = time.perf_counter()
         stack.up()
         warm = time.perf_counter() - started
-        ws = _call("POST", f"{stack.api_url}/v1/admin/workspaces", stack.admin_token,
+        ws = call_api("POST", f"{stack.api_url}/v1/admin/workspaces", stack.admin_token,
                    {"name": "bench", "credits": 100_000})
-        character = _call("POST", f"{stack.api_url}/v1/characters", ws["api_key"],
+        character = call_api("POST", f"{stack.api_url}/v1/characters", ws["api_key"],
                           {"name": "Mila", "review_mode": "manual"})
         post_to_ready(stack, ws["api_key"], character["id"])  # warm the render pool
         timings = [post_to_ready(stack, ws["api_key"], character["id"]) for _ in range(3)]

@@ -205,7 +205,8 @@ class Stack:
 
 # --- the demo workspace ------------------------------------------------------------------
 
-def _call(method: str, url: str, token: str, body: Any = None) -> Any:
+def call_api(method: str, url: str, token: str, body: Any = None) -> Any:
+    """A blocking JSON call with a bearer token (the demo, benchmarks and tests use it)."""
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(url, data=data, method=method, headers={
         "Authorization": f"Bearer {token}", "Content-Type": "application/json"})
@@ -219,18 +220,18 @@ def ensure_demo(stack: Stack) -> dict[str, Any]:
     if path.exists():
         demo: dict[str, Any] = json.loads(path.read_text())
         try:
-            _call("GET", f"{stack.api_url}/v1/credits", demo["api_key"])
+            call_api("GET", f"{stack.api_url}/v1/credits", demo["api_key"])
             return demo
         except urllib.error.HTTPError:
             pass  # a fresh database: make the demo again
-    ws = _call("POST", f"{stack.api_url}/v1/admin/workspaces", stack.admin_token,
+    ws = call_api("POST", f"{stack.api_url}/v1/admin/workspaces", stack.admin_token,
                {"name": "Demo workspace", "credits": 1000})
     key = ws["api_key"]
-    manual = _call("POST", f"{stack.api_url}/v1/characters", key,
+    manual = call_api("POST", f"{stack.api_url}/v1/characters", key,
                    {"name": "Mila Rivers", "review_mode": "manual"})
-    auto = _call("POST", f"{stack.api_url}/v1/characters", key,
+    auto = call_api("POST", f"{stack.api_url}/v1/characters", key,
                  {"name": "Theo Vance", "review_mode": "autopilot"})
-    video = _call("POST", f"{stack.api_url}/v1/videos", key, {
+    video = call_api("POST", f"{stack.api_url}/v1/videos", key, {
         "character_id": manual["id"],
         "scene_description": "Walking through a marble hotel lobby at golden hour, subtle "
         "camera push-in, confident luxury travel energy, soft motion in the dress, cinematic "
@@ -247,7 +248,7 @@ def ensure_demo(stack: Stack) -> dict[str, Any]:
 def wait_video(stack: Stack, demo: dict[str, Any], timeout: float = 180) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
-        video: dict[str, Any] = _call(
+        video: dict[str, Any] = call_api(
             "GET", f"{stack.api_url}/v1/videos/{demo['video_id']}", demo["api_key"])
         if video["status"] in ("ready", "approved", "rejected", "failed", "canceled"):
             return video

@@ -66,7 +66,6 @@ class OutboxRelay:
         self._after_publish = after_publish
         self._wake = asyncio.Event()
         self.active = False
-        self.published = 0
 
     async def run(self) -> None:
         """Relay until cancelled, surviving database and broker outages."""
@@ -136,7 +135,6 @@ class OutboxRelay:
             if self._after_publish is not None:
                 await self._after_publish(ids)
             await conn.execute("DELETE FROM outbox WHERE id = any($1::bigint[])", ids)
-            self.published += len(ids)
 
     async def _recover(self, conn: Conn) -> None:
         pending = await conn.fetch("SELECT id, topic FROM outbox ORDER BY id")

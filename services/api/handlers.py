@@ -99,14 +99,18 @@ async def authenticate(pool: asyncpg.Pool, api_key: str, cache: KeyCache) -> Wor
         row = await repo.workspace_by_key(conn, key_hash=key_hash)
     if row is None:
         return None
-    found = Workspace(id=row["id"], name=row["name"], sandbox=row["sandbox"])
+    found = _workspace(row)
     cache.put(key_hash, found, now)
     return found
 
 
 async def workspace_by_id(conn: Conn, workspace_id: UUID) -> Workspace | None:
     row = await conn.fetchrow("SELECT * FROM workspaces WHERE id = $1", workspace_id)
-    return Workspace(id=row["id"], name=row["name"], sandbox=row["sandbox"]) if row else None
+    return _workspace(row) if row else None
+
+
+def _workspace(row: Any) -> Workspace:
+    return Workspace(id=row["id"], name=row["name"], sandbox=row["sandbox"])
 
 
 def judge(body: object, catalog: Catalog) -> ValidRequest:

@@ -11,23 +11,15 @@ from typing import Any
 
 import pytest
 
-from devstack.stack import Stack
+from devstack.stack import Stack, call_api
 
 pytestmark = pytest.mark.e2e
 
 
-def _admin(stack: Stack, path: str, body: Any) -> Any:
-    req = urllib.request.Request(stack.api_url + path, data=json.dumps(body).encode(),
-                                 method="POST", headers={
-                                     "Authorization": f"Bearer {stack.admin_token}",
-                                     "Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        return json.loads(resp.read())
-
-
 @pytest.fixture(scope="module")
 def api_key(stack: Stack) -> str:
-    key: str = _admin(stack, "/v1/admin/workspaces", {"name": "fuzz", "credits": 100_000})[
+    key: str = call_api("POST", f"{stack.api_url}/v1/admin/workspaces", stack.admin_token,
+                        {"name": "fuzz", "credits": 100_000})[
         "api_key"]
     return key
 

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import shutil
-import urllib.request
 from pathlib import Path
 
 import pytest
 from playwright.async_api import async_playwright, expect
 
-from devstack.stack import Stack
+from devstack.stack import Stack, call_api
 
 pytestmark = pytest.mark.e2e
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -19,18 +17,11 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
 ARTIFACTS = Path("tests/artifacts")
 
 
-def _admin(stack: Stack, path: str, token: str, body: dict[str, object]) -> dict[str, str]:
-    req = urllib.request.Request(stack.api_url + path, data=json.dumps(body).encode(),
-                                 method="POST", headers={"Authorization": f"Bearer {token}",
-                                                         "Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        result: dict[str, str] = json.loads(resp.read())
-        return result
-
-
 async def test_generate_watch_and_approve_in_the_browser(stack: Stack) -> None:
-    ws = _admin(stack, "/v1/admin/workspaces", stack.admin_token, {"name": "web", "credits": 500})
-    _admin(stack, "/v1/characters", ws["api_key"], {"name": "Mila", "review_mode": "manual"})
+    ws = call_api("POST", f"{stack.api_url}/v1/admin/workspaces", stack.admin_token,
+                  {"name": "web", "credits": 500})
+    call_api("POST", f"{stack.api_url}/v1/characters", ws["api_key"],
+             {"name": "Mila", "review_mode": "manual"})
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
