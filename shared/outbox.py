@@ -28,6 +28,7 @@ from pydantic import BaseModel
 
 from shared.db import Conn
 from shared.kafka import read_until, topic_partitions
+from shared.runtime import wait_event
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +119,7 @@ class OutboxRelay:
                 "SELECT id, topic, key, payload FROM outbox ORDER BY id LIMIT $1", self._batch_size
             )
             if not rows:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+                await wait_event(self._wake, self._poll_interval)
                 continue
             sent = [
                 await producer.send(

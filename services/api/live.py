@@ -5,8 +5,6 @@ connection per api process wakes the streams of the videos that changed."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 from typing import Any
 
@@ -18,6 +16,7 @@ from services.api.http import uuid_param
 from services.api.keys import HUB, POOL, workspace_of
 from services.api.openapi import operation
 from shared.events import FINAL_STATUSES
+from shared.runtime import wait_event
 
 routes = web.RouteTableDef()
 
@@ -61,8 +60,7 @@ async def video_events(request: web.Request) -> web.StreamResponse:
                     last = row["id"]
                 if rows and rows[-1]["status"] in FINAL_STATUSES:
                     break
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), timeout=5)
+                await wait_event(wake, 5)
             return sse
     finally:
         hub.unsubscribe(video_id, wake)

@@ -9,7 +9,6 @@ so a receiver can deduplicate."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -24,6 +23,7 @@ import asyncpg
 from shared.db import Conn
 from shared.events import VideoCompleted
 from shared.inbox import first_delivery
+from shared.runtime import wait_event
 from shared.webhooks import UrlRefused, check_url, headers
 
 log = logging.getLogger("influgen.finalizer.webhooks")
@@ -81,8 +81,7 @@ class WebhookSender:
             if due:
                 await asyncio.gather(*(self._deliver(row) for row in due))
                 continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._cfg.poll_interval)
+            await wait_event(self._wake, self._cfg.poll_interval)
 
     async def _claim(self) -> list[asyncpg.Record]:
         # Claiming pushes next_attempt_at past the request's timeout, so that a crash

@@ -37,6 +37,7 @@ from shared.events import (
     VideoGenerationSucceeded,
     utcnow,
 )
+from shared.runtime import stop_task, wait_event
 
 log = logging.getLogger("influgen.generator.worker")
 
@@ -148,8 +149,7 @@ class Worker:
                         task.add_done_callback(self._done)
                     if claimed and len(claimed) == free:
                         continue
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._cfg.poll_interval)
+                await wait_event(self._wake, self._cfg.poll_interval)
         finally:
             for task in self._active:
                 task.cancel()
@@ -183,7 +183,7 @@ class Worker:
                 self._metrics.observe(spec.provider, "succeeded",
                                       asyncio.get_running_loop().time() - started)
                 return
-            await _stop(work)
+            await stop_task(work)
             if watcher in done:
                 watcher.result()  # raises LeaseLost: another process has the job now
             if handle.canceled.is_set():
@@ -206,8 +206,8 @@ class Worker:
             await self._end(spec, row["workspace_id"], "failed", JobError(
                 code="internal_error", message=repr(exc)[:500], retryable=False))
         finally:
-            await _stop(work)
-            await _stop(watcher)
+            await stop_task(work)
+            await stop_task(watcher)
             shutil.rmtree(workdir, ignore_errors=True)
 
     async def _generate(self, provider: Provider | None, spec: JobSpec, handle: _Handle,
@@ -314,9 +314,3 @@ class Worker:
                 with contextlib.suppress(Exception):
                     await provider.cancel(provider_job_id)
 
-
-async def _stop(task: asyncio.Task[Any]) -> None:
-    if not task.done():
-        task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await task
