@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import random
 import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -17,6 +18,7 @@ from services.generator.providers.render import RenderRequest, render
 from shared.catalog import frame_size
 
 TOKEN = "r8_test_token"
+RANDOM_FAULTS = ("429", "500", "502", "503", "reset", "malformed")
 
 
 @dataclass
@@ -31,6 +33,10 @@ class Script:
     retry_after: str = "1"
     #: render outputs at this short side instead of the requested one
     wrong_short_side: int | None = None
+    #: after the lists run out, this share of submits and polls fails with a random fault
+    fail_rate: float = 0.0
+    rng: random.Random = field(default_factory=lambda: random.Random(7))
+    failures: int = 0
 
 
 class ReplicateStandIn:
@@ -58,9 +64,13 @@ class ReplicateStandIn:
     async def _fault(self, faults: list[str], request: web.Request) -> web.StreamResponse | None:
         if request.headers.get("Authorization") != f"Bearer {TOKEN}":
             return web.json_response({"detail": "Unauthenticated"}, status=401)
-        if not faults:
+        if faults:
+            fault = faults.pop(0)
+        elif self.script.fail_rate and self.script.rng.random() < self.script.fail_rate:
+            fault = self.script.rng.choice(RANDOM_FAULTS)
+            self.script.failures += 1
+        else:
             return None
-        fault = faults.pop(0)
         if fault == "429":
             return web.json_response({"detail": "throttled"}, status=429,
                                      headers={"Retry-After": self.script.retry_after})
