@@ -52,6 +52,7 @@ def build_worker(settings: GeneratorSettings, pool: asyncpg.Pool,
     return Worker(
         pool=pool, providers=providers, media=media, metrics=metrics,
         cfg=WorkerConfig(owner=owner, concurrency=settings.concurrency,
+                         provider_concurrency=settings.provider_concurrency,
                          lease_seconds=settings.lease_seconds,
                          poll_interval=settings.poll_interval_seconds,
                          max_attempts=settings.max_attempts,

@@ -3,6 +3,7 @@ the jobs of a dead process are taken over when its lease runs out."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
@@ -24,22 +25,40 @@ async def accept(conn: Conn, *, spec: JobSpec) -> bool:
     return row is not None
 
 
+_RUNNABLE = "accepted_at IS NOT NULL AND NOT cancel_requested AND deadline_at > now()"
+
+
 async def claim(
-    pool: asyncpg.Pool, *, owner: str, limit: int, lease_seconds: float
+    pool: asyncpg.Pool, *, owner: str, limit: int, lease_seconds: float,
+    provider: str | None = None, exclude: Sequence[str] = (),
 ) -> list[asyncpg.Record]:
-    """Take up to `limit` runnable jobs: queued ones, and active ones whose lease expired."""
+    """Take up to `limit` runnable jobs of `provider` (or of any provider not in `exclude`):
+    first active jobs whose lease expired (their process died), then queued ones, oldest
+    first. Two scans, each served by its own partial index."""
+    arg: str | list[str]
+    if provider is not None:
+        which, arg = "provider = $4", provider
+    else:
+        which, arg = "NOT (provider = ANY($4::text[]))", list(exclude)
     async with pool.acquire() as conn, conn.transaction():
         rows: list[asyncpg.Record] = await conn.fetch(
-            """
-            WITH picked AS (
+            f"""
+            WITH expired AS (
                 SELECT id FROM jobs
-                 WHERE accepted_at IS NOT NULL AND NOT cancel_requested
-                   AND deadline_at > now() AND (
-                       (state = 'queued' AND (next_attempt_at IS NULL OR next_attempt_at <= now()))
-                    OR (state IN ('submitted', 'running') AND lease_expires_at < now()))
-                 ORDER BY created_at
-                 LIMIT $3
-                 FOR UPDATE SKIP LOCKED)
+                 WHERE state IN ('submitted', 'running') AND lease_expires_at < now()
+                   AND {which} AND {_RUNNABLE}
+                 ORDER BY lease_expires_at LIMIT $3
+                 FOR UPDATE SKIP LOCKED),
+            queued AS (
+                SELECT id FROM jobs
+                 WHERE state = 'queued' AND {which} AND {_RUNNABLE}
+                   AND (next_attempt_at IS NULL OR next_attempt_at <= now())
+                 ORDER BY created_at LIMIT $3
+                 FOR UPDATE SKIP LOCKED),
+            picked AS (
+                SELECT id FROM (SELECT id, 0 AS o FROM expired
+                                UNION ALL SELECT id, 1 FROM queued) x
+                 ORDER BY o LIMIT $3)
             UPDATE jobs j
                SET lease_owner = $1,
                    lease_expires_at = now() + make_interval(secs => $2),
@@ -48,9 +67,9 @@ async def claim(
                    updated_at = now()
               FROM picked WHERE j.id = picked.id
             RETURNING j.id, j.spec, j.state, j.attempts, j.provider_job_id, j.deadline_at,
-                      j.cancel_requested, j.workspace_id
+                      j.cancel_requested, j.workspace_id, j.provider
             """,
-            owner, lease_seconds, limit,
+            owner, lease_seconds, limit, arg,
         )
         if rows:
             await conn.execute(

@@ -1,14 +1,19 @@
 from __future__ import annotations
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 
 from shared.settings import CommonSettings
 
 
 class GeneratorSettings(CommonSettings):
     consumer_group: str = "influgen-generator"
-    #: Jobs one generator process drives at once.
+    #: Jobs one generator process drives at once, per provider: `concurrency` for the local
+    #: renderer (CPU work; about one per render process and core) and any provider not named
+    #: in `provider_concurrency` (JSON, e.g. {"replicate": 32}): hosted and sandbox jobs
+    #: mostly wait, and a slot each would leave them queued behind a few renders.
     concurrency: int = 2
+    provider_concurrency: dict[str, int] = Field(
+        default_factory=lambda: {"sandbox": 32, "replicate": 32})
     #: Processes rendering `local` videos (CPU work off the event loop).
     render_processes: int = 1
     #: A job whose lease is not renewed for this long is taken over by another process.

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -49,6 +50,7 @@ class LeaseLost(Exception):
 @dataclass
 class WorkerConfig:
     owner: str
+    #: jobs at once per provider, unless `provider_concurrency` names the provider
     concurrency: int
     lease_seconds: float
     poll_interval: float
@@ -57,6 +59,10 @@ class WorkerConfig:
     retry_cap_seconds: float = 60.0
     watch_interval: float = 1.0
     sweep_interval: float = 1.0
+    provider_concurrency: dict[str, int] = field(default_factory=dict)
+
+    def limit(self, provider: str) -> int:
+        return self.provider_concurrency.get(provider, self.concurrency)
 
 
 class _Handle(JobHandle):
@@ -107,6 +113,7 @@ async def emit_failed(conn: Conn, *, job_id: UUID, video_id: UUID, workspace_id:
     await outbox.enqueue(conn, topic=TOPIC_GENERATED, key=str(video_id), event=event)
 
 
+_OTHER = "*"  # the key of jobs whose provider this process does not have
 CANCELED = JobError(code="canceled", message="the video was canceled", retryable=False)
 
 
@@ -119,7 +126,10 @@ class Worker:
         self._cfg = cfg
         self._metrics = metrics or Metrics()
         self._wake = asyncio.Event()
-        self._active: set[asyncio.Task[None]] = set()
+        #: running jobs by provider; `_OTHER` holds jobs of providers not configured here,
+        #: which are claimed only to be failed with a reason
+        self._active: dict[str, set[asyncio.Task[None]]] = {
+            name: set() for name in (*providers, _OTHER)}
 
     def wake(self) -> None:
         self._wake.set()
@@ -133,37 +143,52 @@ class Worker:
                 if loop.time() >= next_sweep:
                     await self._sweep()
                     next_sweep = loop.time() + self._cfg.sweep_interval
-                free = self._cfg.concurrency - len(self._active)
-                claimed: list[Any] = []
-                if free > 0:
-                    try:
-                        claimed = await repo.claim(
-                            self._pool, owner=self._cfg.owner, limit=free,
-                            lease_seconds=self._cfg.lease_seconds,
-                        )
-                    except (OSError, asyncpg.PostgresError) as exc:
-                        log.warning("claiming jobs failed: %r", exc)
-                    for row in claimed:
-                        task = asyncio.create_task(self._drive(row), name=f"job-{row['id']}")
-                        self._active.add(task)
-                        task.add_done_callback(self._done)
-                    if claimed and len(claimed) == free:
-                        continue
+                if await self._claim():
+                    continue  # a provider filled all its free slots: there may be more
                 await wait_event(self._wake, self._cfg.poll_interval)
         finally:
-            for task in self._active:
+            tasks = [task for active in self._active.values() for task in active]
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(*self._active, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
 
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._active.discard(task)
-        self._metrics.in_flight.set(len(self._active))
+    @property
+    def in_flight(self) -> int:
+        return sum(len(active) for active in self._active.values())
+
+    async def _claim(self) -> bool:
+        """Claim jobs for every provider with free slots; True if one filled them all."""
+        filled = False
+        configured = [name for name in self._active if name != _OTHER]
+        for name, active in self._active.items():
+            free = (self._cfg.concurrency if name == _OTHER
+                    else self._cfg.limit(name)) - len(active)
+            if free <= 0:
+                continue
+            try:
+                claimed = await repo.claim(
+                    self._pool, owner=self._cfg.owner, limit=free,
+                    lease_seconds=self._cfg.lease_seconds,
+                    **({"exclude": configured} if name == _OTHER else {"provider": name}))
+            except (OSError, asyncpg.PostgresError) as exc:
+                log.warning("claiming %s jobs failed: %r", name, exc)
+                continue
+            for row in claimed:
+                task = asyncio.create_task(self._drive(row), name=f"job-{row['id']}")
+                active.add(task)
+                task.add_done_callback(functools.partial(self._done, active))
+            self._metrics.in_flight.set(self.in_flight)
+            filled = filled or len(claimed) == free
+        return filled
+
+    def _done(self, active: set[asyncio.Task[None]], task: asyncio.Task[None]) -> None:
+        active.discard(task)
+        self._metrics.in_flight.set(self.in_flight)
         self._wake.set()
 
     # --- one job ---------------------------------------------------------------------
 
     async def _drive(self, row: Any) -> None:
-        self._metrics.in_flight.set(len(self._active))
         spec = JobSpec.model_validate(row["spec"])
         handle = _Handle(self._pool, spec.job_id, self._cfg, row["provider_job_id"])
         provider = self._providers.get(spec.provider)

@@ -25,6 +25,7 @@ from services.generator.worker import Worker, WorkerConfig
 from shared.catalog import Catalog
 from shared.db import one
 from shared.events import VideoJobQueued
+from shared.runtime import stop_task
 from tests.catalogs import small_hosted_catalog
 from tests.standins.replicate import TOKEN, ReplicateStandIn, Script
 
@@ -73,7 +74,8 @@ async def queue_job(pool: asyncpg.Pool, catalog_path: Path, *, deadline: float =
 
 
 def make_worker(pool: asyncpg.Pool, session: aiohttp.ClientSession, fake: ReplicateStandIn,
-                media: Path, *, max_attempts: int = 3, metrics: Metrics | None = None) -> Worker:
+                media: Path, *, max_attempts: int = 3, metrics: Metrics | None = None,
+                provider_concurrency: dict[str, int] | None = None) -> Worker:
     provider = ReplicateProvider(session, base_url=fake.base_url, token=TOKEN,
                                  poll_interval=0.05, request_timeout=0.5, max_poll_failures=3,
                                  backoff_base=0.01, backoff_cap=0.05)
@@ -83,7 +85,8 @@ def make_worker(pool: asyncpg.Pool, session: aiohttp.ClientSession, fake: Replic
                                    lease_seconds=5, poll_interval=0.05,
                                    max_attempts=max_attempts, retry_base_seconds=0.05,
                                    retry_cap_seconds=0.2, watch_interval=0.1,
-                                   sweep_interval=0.1))
+                                   sweep_interval=0.1,
+                                   provider_concurrency=provider_concurrency or {}))
 
 
 async def drive(pool: asyncpg.Pool, fake: ReplicateStandIn, job_id: UUID, tmp: Path, *,
@@ -314,3 +317,43 @@ async def test_a_create_cut_off_by_a_crash_is_adopted_not_repeated(
     row = await drive(pool, standin, job_id, tmp_path)
     assert row["state"] == "succeeded"
     assert (standin.submissions, row["provider_job_id"]) == (1, "p0001")
+
+
+@pytest.mark.parametrize("limit", [1, 3])
+async def test_each_provider_has_its_own_number_of_slots(
+    pool: asyncpg.Pool, standin: ReplicateStandIn, catalog_path: Path, tmp_path: Path,
+    limit: int
+) -> None:
+    standin.script = Script(processing_polls=8)
+    jobs = [await queue_job(pool, catalog_path) for _ in range(3)]
+    most = 0
+    async with aiohttp.ClientSession() as session:
+        # `concurrency` (2) is the local renderer's; the hosted provider has its own limit
+        worker = make_worker(pool, session, standin, tmp_path,
+                             provider_concurrency={"replicate": limit})
+        task = asyncio.create_task(worker.run())
+        try:
+            async with asyncio.timeout(40):
+                while True:
+                    states = [r["state"] for r in await pool.fetch(
+                        "SELECT state FROM jobs WHERE id = ANY($1::uuid[])", jobs)]
+                    most = max(most, sum(s in ("submitted", "running") for s in states))
+                    if all(s in TERMINAL for s in states):
+                        break
+                    await asyncio.sleep(0.02)
+        finally:
+            await stop_task(task)
+    assert set(states) == {"succeeded"}
+    assert most == limit
+
+
+async def test_a_job_for_a_provider_this_process_lacks_fails_with_a_reason(
+    pool: asyncpg.Pool, standin: ReplicateStandIn, catalog_path: Path, tmp_path: Path
+) -> None:
+    job_id = await queue_job(pool, catalog_path)
+    await pool.execute(
+        "UPDATE jobs SET provider = 'elsewhere', spec = jsonb_set(spec, '{provider}',"
+        " '\"elsewhere\"') WHERE id = $1", job_id)
+    row = await drive(pool, standin, job_id, tmp_path)
+    assert (row["state"], row["error"]["code"]) == ("failed", "provider_unavailable")
+    assert "no provider 'elsewhere'" in row["error"]["message"]
