@@ -20,6 +20,15 @@ else:
     Conn = asyncpg.Connection
 
 
+#: What a lost or restarting database raises: answer "retry later", not "bug".
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,  # refused, reset, timed out
+    asyncpg.InterfaceError,  # the connection closed under a call
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,  # shutting down, starting up
+)
+
+
 async def _init_connection(conn: Conn) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
     await conn.set_type_codec("json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")

@@ -5,6 +5,7 @@ problems and authenticates every `/v1/` request."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from uuid import uuid4
@@ -44,7 +45,9 @@ from services.api.schemas import (
     WorkspaceIn,
 )
 from services.api.validation import RequestInvalid
+from shared.db import UNAVAILABLE
 
+log = logging.getLogger("influgen.api")
 routes = web.RouteTableDef()
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 STATIC = Path(__file__).resolve().parent / "static"
@@ -52,6 +55,24 @@ STATIC = Path(__file__).resolve().parent / "static"
 
 @web.middleware
 async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every answer of the API is a resource or a problem document, also when the database
+    is gone (503 with Retry-After: nothing was created, the same request can be sent again)
+    or a handler has a bug (500, logged)."""
+    try:
+        return await _errors_and_auth(request, handler)
+    except web.HTTPException:
+        raise
+    except UNAVAILABLE as exc:
+        log.warning("%s %s: the database is unavailable (%r)", request.method, request.path,
+                    exc)
+        return problem(503, "Service unavailable", "the database is unreachable; retry shortly",
+                       headers={"Retry-After": "1"})
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return problem(500, "Internal server error", "the error was logged")
+
+
+async def _errors_and_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     path = request.path
     if path.startswith("/v1/admin/"):
         given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()

@@ -11,6 +11,7 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestServer
 
+from devstack.proc import free_port
 from services.api import idempotency
 from services.api.main import build_app
 from shared.kafka import make_broker
@@ -340,3 +341,30 @@ async def test_metrics_count_requests_by_route(client: Client) -> None:
     assert resp.status == 200
     assert 'influgen_api_requests_total{method="GET",route="/v1/credits",status="200"} 1.0' in text
     assert 'route="/v1/credits",status="401"} 1.0' in text
+
+
+async def test_a_lost_database_answers_503_problem_with_retry_after(infra: Infra) -> None:
+    # A pool whose server is gone (nothing listens on the port): every call that needs the
+    # database must answer a problem document saying "retry", not aiohttp's text/plain 500.
+    gone = await asyncpg.create_pool(f"postgresql://postgres@127.0.0.1:{free_port()}/x",
+                                     min_size=0)
+    app = build_app(api_settings(infra, rate_limit_per_second=0), gone,
+                    make_broker(infra.bootstrap_servers, "test-api-gone"))
+    server = TestServer(app)
+    await server.start_server()
+    try:
+        async with aiohttp.ClientSession() as session:
+            c = Client(session, str(server.make_url("")).rstrip("/"))
+            for method, path, token in [("POST", "/v1/videos", "some-key"),
+                                        ("GET", "/v1/credits", "some-key"),
+                                        ("POST", "/v1/admin/workspaces", ADMIN)]:
+                body = {"name": "t", "credits": 1} if "admin" in path else {
+                    "character_id": str(uuid4()), "scene_description": SCENE}
+                status, problem, headers = await c.call(method, path, token, body)
+                assert status == 503, (path, status, problem)
+                assert headers["Content-Type"].startswith("application/problem+json")
+                assert problem["title"] == "Service unavailable"
+                assert headers["Retry-After"] == "1"
+    finally:
+        await server.close()
+        await gone.close()
