@@ -123,7 +123,8 @@ class Stack:
         with (self.logs / f"{name}.log").open("ab") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", f"services.{name}.main"], cwd=ROOT,
-                env={**self.service_env(), "INFLUGEN_READY_FILE": str(self.ready_file(name))},
+                env={"INFLUGEN_INSTANCE_ID": f"{name}-1", **self.service_env(),
+                     "INFLUGEN_READY_FILE": str(self.ready_file(name))},
                 stdout=log, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True,
             )

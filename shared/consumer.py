@@ -62,6 +62,7 @@ def subscribe(
     pool: asyncpg.Pool,
     handle: Callable[[Conn, T, KafkaMessage], Awaitable[object]],
     after: Callable[[], None] | None = None,
+    instance_id: str = "",
 ) -> None:
     """Subscribe `handle` to `topic`: decode (or dead-letter), then run `handle` inside one
     transaction; the offset is committed after that transaction, never before."""
@@ -69,7 +70,7 @@ def subscribe(
     @broker.subscriber(
         topic, group_id=group_id, ack_policy=AckPolicy.NACK_ON_ERROR, description=description,
         title=f"{consumer}:{topic}",
-        **consumer_options(fetch_max_wait_ms),
+        **consumer_options(fetch_max_wait_ms, instance_id, topic),
     )
     async def entrypoint(message: KafkaMessageParam) -> None:
         event = await decode_or_dead_letter(broker, message, adapter, consumer)

@@ -27,6 +27,9 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,  # shutting down, starting up
 )
+#: What a loop that must outlive database trouble catches: unavailability and any error
+#: PostgreSQL reports (asyncpg's InterfaceError is not a PostgresError).
+DATABASE_ERRORS: tuple[type[BaseException], ...] = (*UNAVAILABLE, asyncpg.PostgresError)
 
 
 async def _init_connection(conn: Conn) -> None:

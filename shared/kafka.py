@@ -17,14 +17,21 @@ log = logging.getLogger(__name__)
 #: Consumer options every subscriber uses. The ack policy is set per subscriber
 #: (NACK_ON_ERROR): the offset is committed only after the handler's transaction committed.
 #: Handlers only touch PostgreSQL and return in milliseconds, far below max_poll_interval_ms.
-def consumer_options(fetch_max_wait_ms: int) -> dict[str, Any]:
-    return {
+#: With an `instance_id` (stable across restarts of one process slot, unique in the group)
+#: the consumer is a static member (KIP-345): restarted after a crash, it takes its partitions
+#: back at once instead of waiting for the dead member's session to time out.
+def consumer_options(fetch_max_wait_ms: int, instance_id: str = "",
+                     topic: str = "") -> dict[str, Any]:
+    options: dict[str, Any] = {
         "fetch_max_wait_ms": fetch_max_wait_ms,
         "auto_offset_reset": "earliest",
         "max_poll_interval_ms": 300_000,
         "session_timeout_ms": 10_000,
         "heartbeat_interval_ms": 2_000,
     }
+    if instance_id:
+        options["group_instance_id"] = f"{instance_id}:{topic}"
+    return options
 
 
 def make_broker(bootstrap_servers: str, client_id: str) -> KafkaBroker:

@@ -25,7 +25,25 @@ async def wait_for_stop_signal() -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+async def serve_until_stopped(tasks: list[asyncio.Task[Any]]) -> None:
+    """Return on SIGTERM or SIGINT. The tasks run for the life of the process: if one ends,
+    raise, so that the process exits and its supervisor (`make run`, `make up`, systemd)
+    restarts it, rather than living on without, say, its worker or its outbox relay."""
+    stop = asyncio.create_task(wait_for_stop_signal(), name="stop-signal")
+    done, _ = await asyncio.wait({stop, *tasks}, return_when=asyncio.FIRST_COMPLETED)
+    if stop in done:
+        return
+    stop.cancel()
+    ended = next(iter(done))
+    error = None if ended.cancelled() else ended.exception()
+    raise RuntimeError(f"background task {ended.get_name()!r} ended: {error!r}") from error
 
 
 def mark_ready(path: Path | None) -> None:

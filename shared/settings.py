@@ -42,4 +42,9 @@ class CommonSettings(BaseSettings):
     #: Written once the service consumes and serves (its consumers have joined their
     #: groups); `make up` waits for it. None: not written.
     ready_file: Path | None = None
+    #: This process's name among the replicas of its service, stable across its restarts
+    #: (`make up`: api-1, generator-1, finalizer-1; a StatefulSet: the pod name). It makes
+    #: the Kafka consumers static members, so a restarted process takes its partitions back
+    #: at once, and names the generator's leases. Empty: dynamic members, host:pid leases.
+    #: Two live processes must never share one.
     instance_id: str = ""

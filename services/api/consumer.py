@@ -19,7 +19,7 @@ from shared.events import TOPIC_REQUESTED, VideoRequested
 
 
 def register(broker: KafkaBroker, *, deps: IntakeDeps, group_id: str,
-             fetch_max_wait_ms: int) -> None:
+             fetch_max_wait_ms: int, instance_id: str = "") -> None:
     async def handle(conn: Conn, event: VideoRequested, message: KafkaMessage) -> None:
         await intake_event(deps, conn, event, json.loads(message.body))
 
@@ -27,5 +27,5 @@ def register(broker: KafkaBroker, *, deps: IntakeDeps, group_id: str,
         broker, topic=TOPIC_REQUESTED, adapter=TypeAdapter(VideoRequested),
         consumer=INTAKE_CONSUMER, group_id=group_id, fetch_max_wait_ms=fetch_max_wait_ms,
         description="Video requests from upstream systems, judged like POST /v1/videos.",
-        pool=deps.pool, handle=handle,
+        pool=deps.pool, handle=handle, instance_id=instance_id,
     )

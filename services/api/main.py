@@ -24,10 +24,10 @@ from services.api.settings import ApiSettings
 from services.api.video_routes import routes as video_routes
 from services.api.webhook_routes import routes as webhook_routes
 from shared.catalog import Catalog
-from shared.db import create_pool, migrate
+from shared.db import DATABASE_ERRORS, create_pool, migrate
 from shared.kafka import make_broker
 from shared.outbox import OutboxRelay
-from shared.runtime import cancel, configure_logging, mark_ready, wait_for_stop_signal
+from shared.runtime import cancel, configure_logging, mark_ready, serve_until_stopped
 
 log = logging.getLogger("influgen.api")
 
@@ -74,7 +74,7 @@ async def purge_idempotency_keys(pool: asyncpg.Pool, every: float = 3600) -> Non
         try:
             async with pool.acquire() as conn:
                 await idempotency.purge_expired(conn)
-        except (OSError, asyncpg.PostgresError) as exc:
+        except DATABASE_ERRORS as exc:
             log.warning("purging idempotency keys failed: %r", exc)
         await asyncio.sleep(every)
 
@@ -87,7 +87,8 @@ async def serve(settings: ApiSettings) -> None:
     deps = intake_deps(settings, pool)
     broker = make_broker(settings.kafka_bootstrap_servers, "influgen-api")
     consumer.register(broker, deps=deps, group_id=settings.consumer_group,
-                      fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms)
+                      fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
+                      instance_id=settings.instance_id)
     await broker.start()
     relay = OutboxRelay(
         dsn=settings.database_url, bootstrap_servers=settings.kafka_bootstrap_servers
@@ -103,7 +104,7 @@ async def serve(settings: ApiSettings) -> None:
     log.info("api listening on http://%s:%d", settings.api_host, settings.api_port)
     mark_ready(settings.ready_file)
     try:
-        await wait_for_stop_signal()
+        await serve_until_stopped(tasks)
     finally:
         log.info("api stopping")
         await runner.cleanup()

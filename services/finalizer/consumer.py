@@ -17,7 +17,8 @@ from shared.events import TOPIC_COMPLETED, TOPIC_GENERATED, GenerationEvent, Vid
 
 
 def register_webhooks(broker: KafkaBroker, *, pool: asyncpg.Pool, sender: WebhookSender,
-                      cfg: WebhookConfig, group_id: str, fetch_max_wait_ms: int) -> None:
+                      cfg: WebhookConfig, group_id: str, fetch_max_wait_ms: int,
+                      instance_id: str = "") -> None:
     async def handle(conn: Conn, event: VideoCompleted, message: KafkaMessage) -> None:
         await record_deliveries(conn, event, message.body, cfg)
 
@@ -25,12 +26,12 @@ def register_webhooks(broker: KafkaBroker, *, pool: asyncpg.Pool, sender: Webhoo
         broker, topic=TOPIC_COMPLETED, adapter=TypeAdapter(VideoCompleted),
         consumer=WEBHOOKS_CONSUMER, group_id=group_id, fetch_max_wait_ms=fetch_max_wait_ms,
         description="Completion events: one signed webhook delivery per matching endpoint.",
-        pool=pool, handle=handle, after=sender.wake,
+        pool=pool, handle=handle, after=sender.wake, instance_id=instance_id,
     )
 
 
 def register(broker: KafkaBroker, *, pool: asyncpg.Pool, catalog: Catalog, group_id: str,
-             fetch_max_wait_ms: int) -> None:
+             fetch_max_wait_ms: int, instance_id: str = "") -> None:
     async def handle(conn: Conn, event: GenerationEvent, _: KafkaMessage) -> None:
         await finalize(conn, event, catalog)
 
@@ -38,5 +39,5 @@ def register(broker: KafkaBroker, *, pool: asyncpg.Pool, catalog: Catalog, group
         broker, topic=TOPIC_GENERATED, adapter=TypeAdapter(GenerationEvent), consumer=CONSUMER,
         group_id=group_id, fetch_max_wait_ms=fetch_max_wait_ms,
         description="Generation outcomes: settle credits, set review state, emit completion.",
-        pool=pool, handle=handle,
+        pool=pool, handle=handle, instance_id=instance_id,
     )

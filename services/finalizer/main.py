@@ -15,7 +15,7 @@ from shared.catalog import Catalog
 from shared.db import create_pool, migrate
 from shared.kafka import make_broker
 from shared.outbox import OutboxRelay
-from shared.runtime import cancel, configure_logging, mark_ready, wait_for_stop_signal
+from shared.runtime import cancel, configure_logging, mark_ready, serve_until_stopped
 
 log = logging.getLogger("influgen.finalizer")
 
@@ -28,7 +28,8 @@ async def serve(settings: FinalizerSettings) -> None:
     broker = make_broker(settings.kafka_bootstrap_servers, "influgen-finalizer")
     consumer.register(broker, pool=pool, catalog=Catalog.load(settings.catalog_path),
                       group_id=settings.consumer_group,
-                      fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms)
+                      fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
+                      instance_id=settings.instance_id)
     http = aiohttp.ClientSession()
     webhook_cfg = WebhookConfig(
         retry_base_seconds=settings.webhook_retry_base_seconds,
@@ -39,7 +40,8 @@ async def serve(settings: FinalizerSettings) -> None:
     sender = WebhookSender(pool, http, webhook_cfg)
     consumer.register_webhooks(broker, pool=pool, sender=sender, cfg=webhook_cfg,
                                group_id=settings.webhooks_consumer_group,
-                               fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms)
+                               fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
+                               instance_id=settings.instance_id)
     relay = OutboxRelay(dsn=settings.database_url,
                         bootstrap_servers=settings.kafka_bootstrap_servers)
     await broker.start()
@@ -48,7 +50,7 @@ async def serve(settings: FinalizerSettings) -> None:
     log.info("finalizer running")
     mark_ready(settings.ready_file)
     try:
-        await wait_for_stop_signal()
+        await serve_until_stopped(tasks)
     finally:
         log.info("finalizer stopping")
         await broker.stop()

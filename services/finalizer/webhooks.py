@@ -20,7 +20,7 @@ from uuid import uuid4
 import aiohttp
 import asyncpg
 
-from shared.db import Conn
+from shared.db import DATABASE_ERRORS, Conn
 from shared.events import VideoCompleted
 from shared.inbox import first_delivery
 from shared.runtime import wait_event
@@ -75,7 +75,7 @@ class WebhookSender:
             self._wake.clear()
             try:
                 due = await self._claim()
-            except (OSError, asyncpg.PostgresError) as exc:
+            except DATABASE_ERRORS as exc:
                 log.warning("claiming webhook deliveries failed: %r", exc)
                 due = []
             if due:

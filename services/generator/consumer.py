@@ -26,10 +26,10 @@ async def accept_job(conn: Conn, event: VideoJobQueued, _: KafkaMessage | None =
 
 
 def register(broker: KafkaBroker, *, pool: asyncpg.Pool, worker: Worker, group_id: str,
-             fetch_max_wait_ms: int) -> None:
+             fetch_max_wait_ms: int, instance_id: str = "") -> None:
     subscribe(
         broker, topic=TOPIC_JOBS, adapter=TypeAdapter(VideoJobQueued), consumer=CONSUMER,
         group_id=group_id, fetch_max_wait_ms=fetch_max_wait_ms,
         description="Jobs to run: each is accepted into PostgreSQL and driven by the workers.",
-        pool=pool, handle=accept_job, after=worker.wake,
+        pool=pool, handle=accept_job, after=worker.wake, instance_id=instance_id,
     )

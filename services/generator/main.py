@@ -24,7 +24,7 @@ from services.generator.worker import Worker, WorkerConfig
 from shared.db import create_pool, migrate
 from shared.kafka import make_broker
 from shared.outbox import OutboxRelay
-from shared.runtime import cancel, configure_logging, mark_ready, wait_for_stop_signal
+from shared.runtime import cancel, configure_logging, mark_ready, serve_until_stopped
 
 log = logging.getLogger("influgen.generator")
 
@@ -53,6 +53,7 @@ def build_worker(settings: GeneratorSettings, pool: asyncpg.Pool,
         pool=pool, providers=providers, media=media, metrics=metrics,
         cfg=WorkerConfig(owner=owner, concurrency=settings.concurrency,
                          provider_concurrency=settings.provider_concurrency,
+                         reclaim_on_start=bool(settings.instance_id),
                          lease_seconds=settings.lease_seconds,
                          poll_interval=settings.poll_interval_seconds,
                          max_attempts=settings.max_attempts,
@@ -77,7 +78,8 @@ async def serve(settings: GeneratorSettings) -> None:
                           metrics)
     broker = make_broker(settings.kafka_bootstrap_servers, "influgen-generator")
     consumer.register(broker, pool=pool, worker=worker, group_id=settings.consumer_group,
-                      fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms)
+                      fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
+                      instance_id=settings.instance_id)
     relay = OutboxRelay(dsn=settings.database_url,
                         bootstrap_servers=settings.kafka_bootstrap_servers)
     await broker.start()
@@ -86,7 +88,7 @@ async def serve(settings: GeneratorSettings) -> None:
     log.info("generator running")
     mark_ready(settings.ready_file)
     try:
-        await wait_for_stop_signal()
+        await serve_until_stopped(tasks)
     finally:
         log.info("generator stopping")
         await broker.stop()

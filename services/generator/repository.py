@@ -81,6 +81,16 @@ async def claim(
         return rows
 
 
+async def expire_leases(pool: asyncpg.Pool, *, owner: str) -> int:
+    """End the leases `owner` holds: called by a process that starts under a stable instance
+    id, whose earlier incarnation (dead, since two live processes never share an id) left
+    them, so that its jobs are taken over now rather than when the leases run out."""
+    result: str = await pool.execute(
+        "UPDATE jobs SET lease_expires_at = now() - interval '1 second', updated_at = now()"
+        " WHERE lease_owner = $1 AND state IN ('submitted', 'running')", owner)
+    return int(result.split()[-1])
+
+
 async def renew(
     conn: Conn, *, job_id: UUID, owner: str, lease_seconds: float,
     progress: int | None = None, state: str | None = None,

@@ -28,7 +28,7 @@ from services.generator.media import MediaStore, make_thumbnail, mismatch, probe
 from services.generator.metrics import Metrics
 from services.generator.providers.base import JobHandle, Provider, ProviderError
 from shared import outbox
-from shared.db import Conn
+from shared.db import DATABASE_ERRORS, UNAVAILABLE, Conn
 from shared.events import (
     TOPIC_GENERATED,
     JobError,
@@ -60,6 +60,8 @@ class WorkerConfig:
     watch_interval: float = 1.0
     sweep_interval: float = 1.0
     provider_concurrency: dict[str, int] = field(default_factory=dict)
+    #: `owner` is a stable instance id: on start, take back the jobs it held before a crash
+    reclaim_on_start: bool = False
 
     def limit(self, provider: str) -> int:
         return self.provider_concurrency.get(provider, self.concurrency)
@@ -137,6 +139,13 @@ class Worker:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         next_sweep = 0.0
+        if self._cfg.reclaim_on_start:
+            try:
+                if taken := await repo.expire_leases(self._pool, owner=self._cfg.owner):
+                    log.info("taking back %d jobs this instance held before it restarted",
+                             taken)
+            except DATABASE_ERRORS as exc:
+                log.warning("taking back jobs failed (their leases will run out): %r", exc)
         try:
             while True:
                 self._wake.clear()
@@ -170,7 +179,7 @@ class Worker:
                     self._pool, owner=self._cfg.owner, limit=free,
                     lease_seconds=self._cfg.lease_seconds,
                     **({"exclude": configured} if name == _OTHER else {"provider": name}))
-            except (OSError, asyncpg.PostgresError) as exc:
+            except DATABASE_ERRORS as exc:
                 log.warning("claiming %s jobs failed: %r", name, exc)
                 continue
             for row in claimed:
@@ -189,6 +198,15 @@ class Worker:
     # --- one job ---------------------------------------------------------------------
 
     async def _drive(self, row: Any) -> None:
+        try:
+            await self._drive_job(row)
+        except UNAVAILABLE as exc:
+            # Whatever was committed stands; a job left leased is taken up again (by this
+            # or another process) when its lease runs out.
+            log.warning("job %s: the database is unavailable (%r); left to its lease",
+                        row["id"], exc)
+
+    async def _drive_job(self, row: Any) -> None:
         spec = JobSpec.model_validate(row["spec"])
         handle = _Handle(self._pool, spec.job_id, self._cfg, row["provider_job_id"])
         provider = self._providers.get(spec.provider)
@@ -225,6 +243,8 @@ class Worker:
         except ProviderError as exc:
             self._metrics.errors.labels(spec.provider, exc.code).inc()
             await self._failed_attempt(spec, row, exc)
+        except UNAVAILABLE:
+            raise
         except Exception as exc:
             log.exception("job %s failed unexpectedly", spec.job_id)
             self._metrics.errors.labels(spec.provider, "internal_error").inc()
@@ -251,7 +271,7 @@ class Worker:
             try:
                 await handle.heartbeat()
                 failures = 0
-            except (OSError, asyncpg.PostgresError) as exc:
+            except DATABASE_ERRORS as exc:
                 failures += 1
                 log.warning("renewing a lease failed (%d): %r", failures, exc)
 
@@ -331,7 +351,7 @@ class Worker:
                     if row["provider_job_id"]:
                         abandoned.append((row["provider"], row["provider_job_id"]))
                     log.info("job %s ended by the sweeper: %s", row["id"], row["state"])
-        except (OSError, asyncpg.PostgresError) as exc:
+        except DATABASE_ERRORS as exc:
             log.warning("sweeping jobs failed: %r", exc)
         for provider_name, provider_job_id in abandoned:
             provider = self._providers.get(provider_name)

@@ -75,26 +75,29 @@ async def queue_job(pool: asyncpg.Pool, catalog_path: Path, *, deadline: float =
 
 def make_worker(pool: asyncpg.Pool, session: aiohttp.ClientSession, fake: ReplicateStandIn,
                 media: Path, *, max_attempts: int = 3, metrics: Metrics | None = None,
-                provider_concurrency: dict[str, int] | None = None) -> Worker:
+                provider_concurrency: dict[str, int] | None = None, owner: str | None = None,
+                reclaim_on_start: bool = False) -> Worker:
     provider = ReplicateProvider(session, base_url=fake.base_url, token=TOKEN,
                                  poll_interval=0.05, request_timeout=0.5, max_poll_failures=3,
                                  backoff_base=0.01, backoff_cap=0.05)
     return Worker(pool=pool, providers={"replicate": provider}, metrics=metrics,
                   media=LocalMediaStore(media, "http://media.test"),
-                  cfg=WorkerConfig(owner=f"test-{uuid4().hex[:6]}", concurrency=2,
+                  cfg=WorkerConfig(owner=owner or f"test-{uuid4().hex[:6]}", concurrency=2,
                                    lease_seconds=5, poll_interval=0.05,
                                    max_attempts=max_attempts, retry_base_seconds=0.05,
                                    retry_cap_seconds=0.2, watch_interval=0.1,
                                    sweep_interval=0.1,
-                                   provider_concurrency=provider_concurrency or {}))
+                                   provider_concurrency=provider_concurrency or {},
+                                   reclaim_on_start=reclaim_on_start))
 
 
 async def drive(pool: asyncpg.Pool, fake: ReplicateStandIn, job_id: UUID, tmp: Path, *,
                 max_attempts: int = 3, timeout: float = 40,
-                during: Any = None, metrics: Metrics | None = None) -> asyncpg.Record:
+                during: Any = None, metrics: Metrics | None = None,
+                **worker_options: Any) -> asyncpg.Record:
     async with aiohttp.ClientSession() as session:
         worker = make_worker(pool, session, fake, tmp, max_attempts=max_attempts,
-                             metrics=metrics)
+                             metrics=metrics, **worker_options)
         task = asyncio.create_task(worker.run())
         row: asyncpg.Record | None = None
         try:
@@ -357,3 +360,30 @@ async def test_a_job_for_a_provider_this_process_lacks_fails_with_a_reason(
     row = await drive(pool, standin, job_id, tmp_path)
     assert (row["state"], row["error"]["code"]) == ("failed", "provider_unavailable")
     assert "no provider 'elsewhere'" in row["error"]["message"]
+
+
+async def test_a_restarted_instance_takes_back_its_jobs_without_waiting_for_the_lease(
+    pool: asyncpg.Pool, standin: ReplicateStandIn, catalog_path: Path, tmp_path: Path
+) -> None:
+    # The job as a crashed incarnation of "generator-7" left it: running, leased for 5 min.
+    job_id = await queue_job(pool, catalog_path)
+    await pool.execute(
+        "UPDATE jobs SET state = 'running', lease_owner = 'generator-7', attempts = 1,"
+        " lease_expires_at = now() + interval '5 minutes' WHERE id = $1", job_id)
+    row = await drive(pool, standin, job_id, tmp_path, timeout=20, owner="generator-7",
+                      reclaim_on_start=True)
+    assert (row["state"], row["attempts"]) == ("succeeded", 2)
+
+
+async def test_another_instance_waits_for_the_lease(
+    pool: asyncpg.Pool, standin: ReplicateStandIn, catalog_path: Path, tmp_path: Path
+) -> None:
+    job_id = await queue_job(pool, catalog_path)
+    await pool.execute(
+        "UPDATE jobs SET state = 'running', lease_owner = 'generator-7', attempts = 1,"
+        " lease_expires_at = now() + interval '2 seconds' WHERE id = $1", job_id)
+    started = asyncio.get_running_loop().time()
+    row = await drive(pool, standin, job_id, tmp_path, timeout=20, owner="generator-8",
+                      reclaim_on_start=True)
+    assert (row["state"], row["attempts"]) == ("succeeded", 2)
+    assert asyncio.get_running_loop().time() - started >= 1.5  # not before the lease ran out

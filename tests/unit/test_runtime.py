@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 
 import pytest
 
-from shared.runtime import stop_task, wait_event
+from shared.runtime import serve_until_stopped, stop_task, wait_event
 
 
 async def test_wait_event_reports_whether_the_event_was_set() -> None:
@@ -70,3 +72,22 @@ async def test_stop_task_does_not_swallow_the_callers_cancellation() -> None:
     with pytest.raises(asyncio.CancelledError):
         await caller
     await inner
+
+
+async def test_a_background_task_that_ends_ends_the_service() -> None:
+    async def dies() -> None:
+        await asyncio.sleep(0.01)
+        raise ConnectionError("lost it")
+
+    forever = asyncio.create_task(asyncio.sleep(60), name="relay")
+    with pytest.raises(RuntimeError, match="'worker' ended: ConnectionError"):
+        await serve_until_stopped([asyncio.create_task(dies(), name="worker"), forever])
+    await stop_task(forever)
+
+
+async def test_the_stop_signal_ends_the_service_quietly() -> None:
+    forever = asyncio.create_task(asyncio.sleep(60))
+    asyncio.get_running_loop().call_later(0.05, os.kill, os.getpid(), signal.SIGTERM)
+    await serve_until_stopped([forever])
+    assert not forever.done()  # the caller stops its tasks itself
+    await stop_task(forever)
