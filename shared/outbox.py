@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 
 NOTIFY_CHANNEL = "influgen_outbox"
 RELAY_LOCK = 7_201_002
+#: Longest wait between relay sessions while the database or the broker is away: a retry
+#: costs one connection attempt, and every second of wait adds to the recovery afterwards.
+MAX_RETRY_DELAY = 2.0
 OUTBOX_ID_HEADER = "outbox-id"
 
 
@@ -80,7 +83,7 @@ class OutboxRelay:
             except Exception as exc:
                 log.warning("outbox relay session ended: %r; retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+                delay = min(delay * 2, MAX_RETRY_DELAY)
 
     async def run_session(self) -> None:
         """One session: take the lock (or return after a poll interval), then relay."""
