@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run up down status test test-unit test-integration test-e2e lint bench asyncapi clean
+.PHONY: run up down status test test-unit test-integration test-e2e test-faults lint bench asyncapi clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,12 @@ test-integration: $(STAMP)
 
 test-e2e: $(STAMP)
 	$(PY) -m pytest -q tests/e2e
+
+## fault injection: three rounds of kill -9 (each service, Kafka) and PostgreSQL restarts
+## under load, then the audit; figures in bench/results/faults.json (about 6 minutes)
+test-faults: $(STAMP)
+	@bash deploy/kafka/fetch.sh >/dev/null
+	$(PY) -m tests.fault_harness --rounds 3 --out bench/results/faults.json
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

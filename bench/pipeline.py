@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from bench.common import bench_stack, write_result
 from devstack.stack import call_api
+from services.generator.settings import GeneratorSettings
 from shared.kafka import topic_partitions
 
 RATES = (50, 200)
@@ -119,7 +120,7 @@ def run() -> dict[str, Any]:
     runs = []
     for wait in FETCH_WAITS:
         env = {"INFLUGEN_RATE_LIMIT_PER_SECOND": "0", "INFLUGEN_LOG_LEVEL": "WARNING",
-               "INFLUGEN_KAFKA_FETCH_MAX_WAIT_MS": str(wait), "INFLUGEN_CONCURRENCY": "8"}
+               "INFLUGEN_KAFKA_FETCH_MAX_WAIT_MS": str(wait)}
         with bench_stack(env) as stack:
             ws = call_api("POST", f"{stack.api_url}/v1/admin/workspaces", stack.admin_token,
                        {"name": "bench", "credits": 10**9, "sandbox": True})
@@ -139,6 +140,6 @@ def run() -> dict[str, Any]:
                       f"({result['completed']}/{result['jobs']}); kafka round trip p50 "
                       f"{baseline['p50_ms']} ms p99 {baseline['p99_ms']} ms")
     out = {"runs": runs, "goal": "p50 <= 30 ms and p99 <= 150 ms at 200 jobs/s",
-           "generator_concurrency": 8}
+           "generator_sandbox_slots": GeneratorSettings().provider_concurrency["sandbox"]}
     write_result("pipeline", out)
     return out
