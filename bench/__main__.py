@@ -16,6 +16,10 @@ def main(argv: list[str]) -> int:
         return 2
     for name in names:
         importlib.import_module(f"bench.{name}").run()
+    from bench import plots
+
+    for path in plots.main(names):
+        print(f"plot: {path}")
     return 0
 
 

@@ -518,9 +518,11 @@ def main(argv: list[str] | None = None) -> int:
     text = json.dumps(report, indent=2)
     print(text)
     if args.out is not None:
+        from bench import plots
         from bench.common import write_result
 
         write_result(args.out.stem, report)
+        plots.main([args.out.stem])
     return 1 if report["problem_count"] else 0
 
 
