@@ -47,7 +47,9 @@ def test_a_scripted_session(stack: Stack) -> None:
     waited = influgen(stack, "videos", "create", "--character", character["id"], "--scene",
                       SCENE, "--duration", "5", "--wait", key=key)
     assert waited.returncode == 0, waited.stderr
-    assert "queue position 1" in waited.stderr  # the live progress lines
+    # the live progress lines, from the first state to the last (the queue position shown
+    # while queued is timing-dependent here; tests/unit/test_cli.py covers it)
+    assert "0%  queued / queued" in waited.stderr
     assert "100%  ready / succeeded" in waited.stderr
     reviewed = as_json(influgen(stack, "--json", "videos", "review", video["id"], "approve",
                                 key=key))
