@@ -34,31 +34,32 @@ async def claim(
 ) -> list[asyncpg.Record]:
     """Take up to `limit` runnable jobs of `provider` (or of any provider not in `exclude`):
     first active jobs whose lease expired (their process died), then queued ones, oldest
-    first. Two scans, each served by its own partial index."""
+    first. Two scans, each served by its own partial index; one statement (the videos
+    become `generating` in it too), so one round trip and no explicit transaction."""
     arg: str | list[str]
     if provider is not None:
         which, arg = "provider = $4", provider
     else:
         which, arg = "NOT (provider = ANY($4::text[]))", list(exclude)
-    async with pool.acquire() as conn, conn.transaction():
-        rows: list[asyncpg.Record] = await conn.fetch(
-            f"""
-            WITH expired AS (
-                SELECT id FROM jobs
-                 WHERE state IN ('submitted', 'running') AND lease_expires_at < now()
-                   AND {which} AND {_RUNNABLE}
-                 ORDER BY lease_expires_at LIMIT $3
-                 FOR UPDATE SKIP LOCKED),
-            queued AS (
-                SELECT id FROM jobs
-                 WHERE state = 'queued' AND {which} AND {_RUNNABLE}
-                   AND (next_attempt_at IS NULL OR next_attempt_at <= now())
-                 ORDER BY created_at LIMIT $3
-                 FOR UPDATE SKIP LOCKED),
-            picked AS (
-                SELECT id FROM (SELECT id, 0 AS o FROM expired
-                                UNION ALL SELECT id, 1 FROM queued) x
-                 ORDER BY o LIMIT $3)
+    rows: list[asyncpg.Record] = await pool.fetch(
+        f"""
+        WITH expired AS (
+            SELECT id FROM jobs
+             WHERE state IN ('submitted', 'running') AND lease_expires_at < now()
+               AND {which} AND {_RUNNABLE}
+             ORDER BY lease_expires_at LIMIT $3
+             FOR UPDATE SKIP LOCKED),
+        queued AS (
+            SELECT id FROM jobs
+             WHERE state = 'queued' AND {which} AND {_RUNNABLE}
+               AND (next_attempt_at IS NULL OR next_attempt_at <= now())
+             ORDER BY created_at LIMIT $3
+             FOR UPDATE SKIP LOCKED),
+        picked AS (
+            SELECT id FROM (SELECT id, 0 AS o FROM expired
+                            UNION ALL SELECT id, 1 FROM queued) x
+             ORDER BY o LIMIT $3),
+        claimed AS (
             UPDATE jobs j
                SET lease_owner = $1,
                    lease_expires_at = now() + make_interval(secs => $2),
@@ -67,18 +68,15 @@ async def claim(
                    updated_at = now()
               FROM picked WHERE j.id = picked.id
             RETURNING j.id, j.spec, j.state, j.attempts, j.provider_job_id, j.deadline_at,
-                      j.cancel_requested, j.workspace_id, j.provider
-            """,
-            owner, lease_seconds, limit, arg,
-        )
-        if rows:
-            await conn.execute(
-                "UPDATE videos SET status = 'generating', updated_at = now()"
-                " WHERE id IN (SELECT video_id FROM jobs WHERE id = any($1::uuid[]))"
-                " AND status = 'queued'",
-                [r["id"] for r in rows],
-            )
-        return rows
+                      j.cancel_requested, j.workspace_id, j.provider, j.video_id),
+        generating AS (
+            UPDATE videos SET status = 'generating', updated_at = now()
+             WHERE id IN (SELECT video_id FROM claimed) AND status = 'queued')
+        SELECT * FROM claimed
+        """,
+        owner, lease_seconds, limit, arg,
+    )
+    return rows
 
 
 async def expire_leases(pool: asyncpg.Pool, *, owner: str) -> int:
