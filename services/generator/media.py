@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import abc
+import os
 import shutil
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
 import av
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    """`target` becomes a hard link to `source` (no data copied), or a copy where a link
+    cannot be made (another filesystem). Media files are never modified once written, so
+    sharing their data is safe."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
 
 
 class MediaStore(abc.ABC):
@@ -30,7 +41,8 @@ class LocalMediaStore(MediaStore):
         target = self._root / key
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_suffix(target.suffix + ".part")
-        shutil.copyfile(source, tmp)
+        tmp.unlink(missing_ok=True)  # left by a crash between link and replace
+        link_or_copy(source, tmp)
         tmp.replace(target)  # atomic: a reader never sees half a file
         return self._base + key
 

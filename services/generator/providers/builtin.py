@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
 from concurrent.futures import Executor
 from pathlib import Path
 
+from services.generator.media import link_or_copy
 from services.generator.providers.base import JobHandle, Output, Provider
 from services.generator.providers.render import RenderRequest, render
 from shared.events import JobSpec
@@ -46,7 +46,8 @@ class LocalProvider(Provider):
 
 class SandboxProvider(Provider):
     """A small valid clip of the requested duration and aspect ratio, rendered once per
-    (duration, size) and copied for every later job: no rendering cost under load."""
+    (duration, size) and linked (not copied) for every later job: no rendering or copying
+    cost under load."""
 
     name = "sandbox"
 
@@ -71,6 +72,6 @@ class SandboxProvider(Provider):
                 )
                 await asyncio.get_running_loop().run_in_executor(self._executor, render, req)
                 tmp.rename(video)
-        shutil.copyfile(video, workdir / "video.mp4")
-        shutil.copyfile(thumb, workdir / "thumbnail.jpg")
+        link_or_copy(video, workdir / "video.mp4")
+        link_or_copy(thumb, workdir / "thumbnail.jpg")
         return Output(video=workdir / "video.mp4", thumbnail=workdir / "thumbnail.jpg")
