@@ -22,6 +22,20 @@ from devstack.stack import Stack
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def python_speed() -> float:
+    """Millions of simple loop iterations per second in this Python, best of three: shared
+    machines of one kind differ in speed from hour to hour (2x has been seen), so each
+    result records it to compare runs made at different times."""
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        total = 0
+        for i in range(2_000_000):
+            total += i * i
+        best = min(best, time.perf_counter() - started)
+    return round(2.0 / best, 1)
+
+
 def machine() -> dict[str, Any]:
     model = "unknown"
     try:
@@ -38,6 +52,7 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "kernel": platform.release(),
         "load_average_at_start": os.getloadavg(),
+        "python_loop_million_per_second": python_speed(),
     }
 
 
