@@ -56,6 +56,28 @@ def machine() -> dict[str, Any]:
     }
 
 
+def cpu_seconds(stack: Stack) -> dict[str, float]:
+    """CPU time (user + system) used so far by each process of the stack: the services,
+    the broker, and PostgreSQL with all its backends."""
+    pids = {name: stack.service_pid(name) for name in ("api", "generator", "finalizer")}
+    pids["kafka"] = stack.kafka.pid()
+    out: dict[str, float] = {}
+    for name, pid in pids.items():
+        if pid is not None:
+            with suppress(psutil.NoSuchProcess):
+                times = psutil.Process(pid).cpu_times()
+                out[name] = times.user + times.system
+    if (pg := stack.postgres.pid()) is not None:
+        root = psutil.Process(pg)
+        total = 0.0
+        for proc in (root, *root.children(recursive=True)):
+            with suppress(psutil.NoSuchProcess):
+                times = proc.cpu_times()
+                total += times.user + times.system
+        out["postgres"] = total
+    return out
+
+
 def write_result(name: str, data: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"

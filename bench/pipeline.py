@@ -1,7 +1,9 @@
 """Pipeline overhead: time from the `202` to the `video.approved` event on
 `influgen.video.completed.v1` (sandbox provider), at fixed rates, beside a Kafka
 produce -> consume round trip on the same broker, measured in the same run. Done for two
-consumer fetch waits, since that setting trades idle CPU against latency."""
+consumer fetch waits, since that setting trades idle CPU against latency. Each run also
+records the CPU time each process spent per job (idle polling included), which says where a
+2-core machine's capacity goes."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from typing import Any
 import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from bench.common import bench_stack, write_result
+from bench.common import bench_stack, cpu_seconds, write_result
 from devstack.stack import call_api
 from services.generator.settings import GeneratorSettings
 from shared.kafka import topic_partitions
@@ -22,6 +24,7 @@ from shared.kafka import topic_partitions
 RATES = (50, 200)
 SECONDS = 10
 FETCH_WAITS = (10, 100)
+IDLE_SECONDS = 10
 SCENE = "Walking through a hotel lobby at golden hour, slow push-in, confident energy"
 
 
@@ -118,6 +121,7 @@ async def pipeline(api_url: str, key: str, character: str, bootstrap: str, rate:
 
 def run() -> dict[str, Any]:
     runs = []
+    idle: list[dict[str, Any]] = []
     for wait in FETCH_WAITS:
         env = {"INFLUGEN_RATE_LIMIT_PER_SECOND": "0", "INFLUGEN_LOG_LEVEL": "WARNING",
                "INFLUGEN_KAFKA_FETCH_MAX_WAIT_MS": str(wait)}
@@ -127,11 +131,26 @@ def run() -> dict[str, Any]:
             character = call_api("POST", f"{stack.api_url}/v1/characters", ws["api_key"],
                               {"name": "Bench", "review_mode": "autopilot"})["id"]
             asyncio.run(pipeline(stack.api_url, ws["api_key"], character, stack.bootstrap, 20))
+            time.sleep(2)
+            before = cpu_seconds(stack)
+            time.sleep(IDLE_SECONDS)
+            after = cpu_seconds(stack)
+            busy = {name: round((after[name] - before[name]) * 100 / IDLE_SECONDS, 1)
+                    for name in after if name in before}
+            idle.append({"fetch_max_wait_ms": wait, "cpu_percent_of_a_core": {
+                **busy, "total": round(sum(busy.values()), 1)}})
+            print(f"pipeline fetch_wait={wait}ms idle: {idle[-1]['cpu_percent_of_a_core']} "
+                  "% of a core")
             for rate in RATES:
                 baseline = asyncio.run(round_trip(stack.bootstrap, rate))
+                before = cpu_seconds(stack)
                 result = asyncio.run(pipeline(stack.api_url, ws["api_key"], character,
                                               stack.bootstrap, rate))
+                after = cpu_seconds(stack)
+                cpu = {name: round((after[name] - before[name]) * 1000 / result["jobs"], 2)
+                       for name in after if name in before}
                 runs.append({"fetch_max_wait_ms": wait, **result,
+                             "cpu_ms_per_job": {**cpu, "total": round(sum(cpu.values()), 1)},
                              "baseline_kafka_round_trip": baseline,
                              "ratio_p50_to_round_trip_p50": round(
                                  result["p50_ms"] / max(baseline["p50_ms"], 0.1), 1)})
@@ -139,7 +158,7 @@ def run() -> dict[str, Any]:
                       f"{result['p50_ms']} ms p99 {result['p99_ms']} ms "
                       f"({result['completed']}/{result['jobs']}); kafka round trip p50 "
                       f"{baseline['p50_ms']} ms p99 {baseline['p99_ms']} ms")
-    out = {"runs": runs, "goal": "p50 <= 30 ms and p99 <= 150 ms at 200 jobs/s",
+    out = {"runs": runs, "idle": idle, "goal": "p50 <= 30 ms and p99 <= 150 ms at 200 jobs/s",
            "generator_sandbox_slots": GeneratorSettings().provider_concurrency["sandbox"]}
     write_result("pipeline", out)
     return out
