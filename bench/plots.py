@@ -76,7 +76,7 @@ def pipeline(data: dict[str, Any]) -> Path:
 
 
 def faults(data: dict[str, Any]) -> Path:
-    fig, ax = plt.subplots(figsize=(8, 4.2))
+    fig, ax = plt.subplots(figsize=(10, 4.2))
     rows = data["faults"]
     labels = [f"{f['target']}\n#{f['round']}" for f in rows]
     ax.bar(labels, [f["recovered_s"] for f in rows], label="to a finished new video")
