@@ -3,11 +3,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import av
+import numpy as np
 import pytest
 from PIL import Image
 
 from services.generator.media import LocalMediaStore, mismatch, probe
-from services.generator.providers.render import RenderRequest, render
+from services.generator.providers.render import PUSH_IN, RenderRequest, draw_canvas, render
 
 
 @pytest.mark.parametrize(("width", "height"), [(144, 256), (256, 144), (160, 160)])
@@ -42,6 +43,43 @@ def test_frames_push_in(tmp_path: Path) -> None:
     step = abs(frames[1] - frames[0]).mean()
     whole = abs(frames[-1] - frames[0]).mean()
     assert whole > step > 0
+
+
+def test_the_first_frame_is_the_canvas_in_its_colours(tmp_path: Path) -> None:
+    """The frames are cut from the canvas's yuv420p planes: a chroma plane cut at the wrong
+    place or swapped shows as a colour shift against the canvas itself."""
+    req = RenderRequest(width=360, height=640, fps=8, frames=8, title="Mila",
+                        text="A beach at sunset", badge="PREVIEW",
+                        out_video=str(tmp_path / "v.mp4"), out_thumbnail=str(tmp_path / "t.jpg"),
+                        preset="ultrafast")
+    render(req)
+    canvas = Image.fromarray(draw_canvas(req))
+    cw, ch = canvas.size
+    w, h = cw / PUSH_IN, ch / PUSH_IN  # the first frame: the whole frame, before the push-in
+    expected = np.asarray(canvas.crop(((cw - w) / 2, (ch - h) / 2, (cw + w) / 2, (ch + h) / 2))
+                          .resize((req.width, req.height))).astype(int)
+    with av.open(str(tmp_path / "v.mp4")) as c:
+        first = next(c.decode(video=0)).to_ndarray(format="rgb24").astype(int)
+    per_channel = abs(first - expected).mean(axis=(0, 1))
+    assert per_channel.max() < 14, per_channel
+
+
+def test_media_store_links_when_it_can_and_copies_when_it_cannot(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"video")
+    store = LocalMediaStore(tmp_path / "media", "http://example.test:8080/")
+    store.put(src, "a/video.mp4")
+    assert (tmp_path / "media" / "a" / "video.mp4").stat().st_ino == src.stat().st_ino
+
+    def cross_device(*_: object) -> None:
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr("services.generator.media.os.link", cross_device)
+    store.put(src, "b/video.mp4")
+    copied = tmp_path / "media" / "b" / "video.mp4"
+    assert copied.read_bytes() == b"video"
+    assert copied.stat().st_ino != src.stat().st_ino
 
 
 def test_media_store_writes_atomically_and_returns_absolute_urls(tmp_path: Path) -> None:

@@ -1,9 +1,10 @@
 """Frame drawing and H.264 encoding for the built-in `local` and `sandbox` providers.
 
 Runs in worker processes (CPU-bound). A still canvas larger than the frame is drawn once
-with Pillow (background, character name, scene text, a 'preview render' badge); each frame
-is a centred crop of it that shrinks over time (a slow push-in), scaled to the frame size
-by libswscale and encoded by libx264 as yuv420p. Exactly duration × fps frames.
+with Pillow (background, character name, scene text, a 'preview render' badge) and converted
+once to yuv420p planes; each frame is a centred crop of those planes that shrinks over time
+(a slow push-in), scaled to the frame size by libswscale (yuv420p to yuv420p, no colour
+conversion per frame) and encoded by libx264. Exactly duration × fps frames.
 """
 
 from __future__ import annotations
@@ -83,10 +84,36 @@ def _write_progress(path: str | None, done: int) -> None:
         Path(path).write_text(str(done))
 
 
+#: Subsampling of the yuv420p planes: Y full size, U and V half in both directions.
+_SUBSAMPLING = (1, 2, 2)
+
+
+def _yuv_planes(canvas: np.ndarray) -> list[np.ndarray]:
+    """The canvas (even width and height) as yuv420p planes, converted once."""
+    frame = av.VideoFrame.from_ndarray(canvas, format="rgb24").reformat(format="yuv420p")
+    ch, cw = canvas.shape[:2]
+    planes = []
+    for plane, d in zip(frame.planes, _SUBSAMPLING, strict=True):
+        rows = np.frombuffer(memoryview(plane), np.uint8).reshape(-1, plane.line_size)
+        planes.append(rows[:ch // d, :cw // d].copy())
+    return planes
+
+
+def _crop(planes: list[np.ndarray], x0: int, y0: int, w: int, h: int) -> av.VideoFrame:
+    """A yuv420p frame of the w×h region at (x0, y0); all four even, so that the chroma
+    planes are cut at the same place as the luma plane."""
+    frame = av.VideoFrame(w, h, "yuv420p")
+    for plane, source, d in zip(frame.planes, planes, _SUBSAMPLING, strict=True):
+        target = np.frombuffer(memoryview(plane), np.uint8).reshape(-1, plane.line_size)
+        target[:h // d, :w // d] = source[y0 // d:(y0 + h) // d, x0 // d:(x0 + w) // d]
+    return frame
+
+
 def render(req: RenderRequest) -> int:
     """Render the video and its thumbnail; return the number of frames written."""
     canvas = draw_canvas(req)
     ch, cw = canvas.shape[:2]
+    planes = _yuv_planes(canvas)
     container = av.open(req.out_video, mode="w", options={"movflags": "+faststart"})
     stream = container.add_stream("libx264", rate=req.fps)
     stream.width, stream.height, stream.pix_fmt = req.width, req.height, "yuv420p"
@@ -96,11 +123,9 @@ def render(req: RenderRequest) -> int:
         for i in range(req.frames):
             zoom = 1.0 + (PUSH_IN - 1.0) * i / max(1, req.frames - 1)  # 1 -> PUSH_IN
             w, h = int(cw / zoom) // 2 * 2, int(ch / zoom) // 2 * 2
-            x0, y0 = (cw - w) // 2, (ch - h) // 2
-            crop = np.ascontiguousarray(canvas[y0:y0 + h, x0:x0 + w])
-            frame = av.VideoFrame.from_ndarray(crop, format="rgb24")
-            frame = frame.reformat(width=req.width, height=req.height, format="yuv420p",
-                                   interpolation="FAST_BILINEAR")
+            x0, y0 = (cw - w) // 4 * 2, (ch - h) // 4 * 2
+            frame = _crop(planes, x0, y0, w, h).reformat(
+                width=req.width, height=req.height, interpolation="FAST_BILINEAR")
             frame.pts = i
             if i == thumb_at:
                 image = frame.to_image()  # type: ignore[no-untyped-call]
