@@ -9,6 +9,8 @@ conversion per frame) and encoded by libx264. Exactly duration × fps frames.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import hashlib
 import textwrap
 from dataclasses import dataclass
@@ -79,6 +81,16 @@ def draw_canvas(req: RenderRequest) -> np.ndarray:
     return np.asarray(image)
 
 
+def release_freed_memory() -> None:
+    """Hand the heap memory freed by a render back to the OS (glibc's `malloc_trim`).
+    Without it, a render process keeps its peak: about 190 MB after a few 720p renders
+    instead of about 60 MB. A no-op where the C library has no `malloc_trim`."""
+    name = ctypes.util.find_library("c")
+    trim = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    if trim is not None:
+        trim(0)
+
+
 def _write_progress(path: str | None, done: int) -> None:
     if path is not None:
         Path(path).write_text(str(done))
@@ -110,7 +122,15 @@ def _crop(planes: list[np.ndarray], x0: int, y0: int, w: int, h: int) -> av.Vide
 
 
 def render(req: RenderRequest) -> int:
-    """Render the video and its thumbnail; return the number of frames written."""
+    """Render the video and its thumbnail; return the number of frames written. Runs in a
+    long-lived worker process, which gives the render's memory back afterwards."""
+    try:
+        return _render(req)
+    finally:
+        release_freed_memory()
+
+
+def _render(req: RenderRequest) -> int:
     canvas = draw_canvas(req)
     ch, cw = canvas.shape[:2]
     planes = _yuv_planes(canvas)
