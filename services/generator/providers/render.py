@@ -10,7 +10,6 @@ conversion per frame) and encoded by libx264. Exactly duration × fps frames.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import hashlib
 import textwrap
 from dataclasses import dataclass
@@ -85,8 +84,7 @@ def release_freed_memory() -> None:
     """Hand the heap memory freed by a render back to the OS (glibc's `malloc_trim`).
     Without it, a render process keeps its peak: about 190 MB after a few 720p renders
     instead of about 60 MB. A no-op where the C library has no `malloc_trim`."""
-    name = ctypes.util.find_library("c")
-    trim = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # the process's own symbols
     if trim is not None:
         trim(0)
 
