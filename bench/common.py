@@ -56,25 +56,32 @@ def machine() -> dict[str, Any]:
     }
 
 
+def service_rss_mb(stack: Stack) -> dict[str, float]:
+    """Resident memory of each service process, and apart from the generator its render
+    pool (separate processes, started on first use)."""
+    pids = {name: stack.service_pid(name) for name in ("api", "generator", "finalizer")}
+    rss = {name: rss_mb(pid, children=False) for name, pid in pids.items() if pid}
+    if pids["generator"]:
+        rss["generator render pool"] = round(rss_mb(pids["generator"]) - rss["generator"], 1)
+    return rss
+
+
+def _cpu(proc: psutil.Process) -> float:
+    with suppress(psutil.NoSuchProcess):
+        times = proc.cpu_times()
+        return float(times.user + times.system)
+    return 0.0
+
+
 def cpu_seconds(stack: Stack) -> dict[str, float]:
     """CPU time (user + system) used so far by each process of the stack: the services,
     the broker, and PostgreSQL with all its backends."""
     pids = {name: stack.service_pid(name) for name in ("api", "generator", "finalizer")}
     pids["kafka"] = stack.kafka.pid()
-    out: dict[str, float] = {}
-    for name, pid in pids.items():
-        if pid is not None:
-            with suppress(psutil.NoSuchProcess):
-                times = psutil.Process(pid).cpu_times()
-                out[name] = times.user + times.system
+    out = {name: _cpu(psutil.Process(pid)) for name, pid in pids.items() if pid is not None}
     if (pg := stack.postgres.pid()) is not None:
         root = psutil.Process(pg)
-        total = 0.0
-        for proc in (root, *root.children(recursive=True)):
-            with suppress(psutil.NoSuchProcess):
-                times = proc.cpu_times()
-                total += times.user + times.system
-        out["postgres"] = total
+        out["postgres"] = sum(_cpu(p) for p in (root, *root.children(recursive=True)))
     return out
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import asyncpg
 
-from bench.common import bench_stack, rss_mb, write_result
+from bench.common import bench_stack, service_rss_mb, write_result
 from bench.load import Target, attack
 from devstack.proc import free_port, terminate
 from devstack.stack import Stack, call_api
@@ -88,16 +88,6 @@ def drain(stack: Stack, timeout: float = 300) -> float:
     return round(time.monotonic() - started, 1)
 
 
-def memory(stack: Stack) -> dict[str, float]:
-    """Resident memory of each service process; the generator's render pool (separate
-    processes, started on first use) apart, as in the stack benchmark."""
-    pids = {name: stack.service_pid(name) for name in ("api", "generator", "finalizer")}
-    rss = {name: rss_mb(pid, children=False) for name, pid in pids.items() if pid}
-    if pids["generator"]:
-        rss["generator render pool"] = round(rss_mb(pids["generator"]) - rss["generator"], 1)
-    return rss
-
-
 def run() -> dict[str, Any]:
     env = {"INFLUGEN_RATE_LIMIT_PER_SECOND": "0", "INFLUGEN_LOG_LEVEL": "WARNING"}
     with bench_stack(env) as stack:
@@ -110,7 +100,7 @@ def run() -> dict[str, Any]:
         target = Target("POST", f"{stack.api_url}/v1/videos", body, {
             "Authorization": f"Bearer {ws['api_key']}", "Content-Type": "application/json"})
         time.sleep(2)
-        idle = memory(stack)
+        idle = service_rss_mb(stack)
         attack(target, rate=100, seconds=3, ok=202)  # warm-up
         rates = []
         loaded: dict[str, float] = {}
@@ -119,7 +109,7 @@ def run() -> dict[str, Any]:
             rates.append({**attack(target, rate=rate, seconds=SECONDS, ok=202),
                           "drain_before_seconds": drained})
             if rate == 1000:
-                loaded = memory(stack)
+                loaded = service_rss_mb(stack)
         drain(stack)
         saturation = attack(target, rate=0, seconds=SECONDS, ok=202)
         inserts = asyncio.run(asyncpg_inserts(stack.database_url))

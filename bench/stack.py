@@ -14,7 +14,7 @@ from typing import Any
 
 import psutil
 
-from bench.common import rss_mb, write_result
+from bench.common import rss_mb, service_rss_mb, write_result
 from devstack.proc import free_port
 from devstack.stack import Stack, call_api
 from services.generator.providers.render import RenderRequest, render
@@ -66,11 +66,7 @@ def run() -> dict[str, Any]:
         timings = [post_to_ready(stack, ws["api_key"], character["id"]) for _ in range(3)]
         renders = [render_alone() for _ in range(3)]
         time.sleep(10)
-        pids = {n: stack.service_pid(n) for n in ("api", "generator", "finalizer")}
-        idle = {n: rss_mb(pid, children=False) for n, pid in pids.items() if pid}
-        if pids["generator"]:
-            idle["generator render pool (1 process)"] = round(
-                rss_mb(pids["generator"]) - idle["generator"], 1)
+        idle = service_rss_mb(stack)
         kafka_pid, pg_pid = stack.kafka.pid(), stack.postgres.pid()
         if kafka_pid:
             idle["kafka (JVM, heap 512m)"] = rss_mb(kafka_pid)
