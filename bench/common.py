@@ -85,9 +85,11 @@ def cpu_seconds(stack: Stack) -> dict[str, float]:
     return out
 
 
-def write_result(name: str, data: dict[str, Any]) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+def write_result(name: str, data: dict[str, Any], path: Path | None = None) -> Path:
+    """The result as JSON, with the machine and the time: `RESULTS/<name>.json` unless
+    `path` says where."""
+    path = path or RESULTS / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     data = {"benchmark": name, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "machine": machine(), **data}
     path.write_text(json.dumps(data, indent=2) + "\n")

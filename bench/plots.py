@@ -20,15 +20,7 @@ def _machine(data: dict[str, Any]) -> str:
     return f"{m.get('cores')} cores, {m.get('cpu_model', '?')}, {data.get('measured_at', '')}"
 
 
-def _save(fig: Any, name: str) -> Path:
-    path = RESULTS / f"{name}.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def intake(data: dict[str, Any]) -> Path:
+def intake(data: dict[str, Any]) -> Any:
     rates = data["intake"]["rates"]
     fig, (lat, thr) = plt.subplots(1, 2, figsize=(11, 4.2))
     x = [r["target_rate"] for r in rates]
@@ -51,11 +43,10 @@ def intake(data: dict[str, Any]) -> Path:
             f"asyncpg {data['baseline_asyncpg_insert_transactions']['transactions_per_second']:.0f}"
             " tx/s")
     thr.legend()
-    fig.suptitle(_machine(data), fontsize=8)
-    return _save(fig, "intake")
+    return fig
 
 
-def pipeline(data: dict[str, Any]) -> Path:
+def pipeline(data: dict[str, Any]) -> Any:
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     for i, wait in enumerate(sorted({r["fetch_max_wait_ms"] for r in data["runs"]})):
         runs = [r for r in data["runs"] if r["fetch_max_wait_ms"] == wait]
@@ -71,11 +62,10 @@ def pipeline(data: dict[str, Any]) -> Path:
     ax.set(xlabel="jobs/s", ylabel="202 -> video.approved (ms)", yscale="log",
            title="Pipeline overhead (sandbox provider)")
     ax.legend(fontsize=7)
-    fig.suptitle(_machine(data), fontsize=8)
-    return _save(fig, "pipeline")
+    return fig
 
 
-def faults(data: dict[str, Any]) -> Path:
+def faults(data: dict[str, Any]) -> Any:
     fig, ax = plt.subplots(figsize=(10, 4.2))
     rows = data["faults"]
     labels = [f"{f['target']}\n#{f['round']}" for f in rows]
@@ -86,11 +76,10 @@ def faults(data: dict[str, Any]) -> Path:
                  f"{data['duplicated_effects']} duplicated")
     ax.legend()
     ax.tick_params(axis="x", labelsize=7)
-    fig.suptitle(_machine(data), fontsize=8)
-    return _save(fig, "faults")
+    return fig
 
 
-def render(data: dict[str, Any]) -> Path:
+def render(data: dict[str, Any]) -> Any:
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     rows = data["results"]
     labels = [f"{r['resolution']}\n{r['preset']}" for r in rows]
@@ -102,19 +91,29 @@ def render(data: dict[str, Any]) -> Path:
     ax.set_xticks(list(xs), labels, fontsize=7)
     ax.set(ylabel="seconds of video per second", title="Renderer speed")
     ax.legend()
-    fig.suptitle(_machine(data), fontsize=8)
-    return _save(fig, "render")
+    return fig
 
 
 PLOTS = {"intake": intake, "pipeline": pipeline, "faults": faults, "render": render}
 
 
+def draw(kind: str, data: dict[str, Any], path: Path) -> Path:
+    """The `kind` plot of a result, with the machine it ran on, written to `path`."""
+    fig = PLOTS[kind](data)
+    fig.suptitle(_machine(data), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main(names: list[str] | None = None) -> list[Path]:
+    """A PNG beside each result file in RESULTS (of `names`, or all)."""
     made = []
-    for name, plot in PLOTS.items():
+    for name in PLOTS:
         source = RESULTS / f"{name}.json"
         if (names is None or name in names) and source.exists():
-            made.append(plot(json.loads(source.read_text())))
+            made.append(draw(name, json.loads(source.read_text()), source.with_suffix(".png")))
     return made
 
 

@@ -521,8 +521,8 @@ def main(argv: list[str] | None = None) -> int:
         from bench import plots
         from bench.common import write_result
 
-        write_result(args.out.stem, report)
-        plots.main([args.out.stem])
+        written = write_result("faults", report, args.out)
+        plots.draw("faults", json.loads(written.read_text()), written.with_suffix(".png"))
     return 1 if report["problem_count"] else 0
 
 
