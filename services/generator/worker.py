@@ -170,8 +170,7 @@ class Worker:
         filled = False
         configured = [name for name in self._active if name != _OTHER]
         for name, active in self._active.items():
-            free = (self._cfg.concurrency if name == _OTHER
-                    else self._cfg.limit(name)) - len(active)
+            free = self._cfg.limit(name) - len(active)
             if free <= 0:
                 continue
             try:
