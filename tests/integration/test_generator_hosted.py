@@ -362,14 +362,22 @@ async def test_a_job_for_a_provider_this_process_lacks_fails_with_a_reason(
     assert "no provider 'elsewhere'" in row["error"]["message"]
 
 
+async def left_running_by(pool: asyncpg.Pool, catalog_path: Path, owner: str, *,
+                          lease_seconds: float) -> UUID:
+    """A queued job as a process `owner` left it when it died: running, still leased."""
+    job_id = await queue_job(pool, catalog_path)
+    await pool.execute(
+        "UPDATE jobs SET state = 'running', lease_owner = $2, attempts = 1,"
+        " lease_expires_at = now() + make_interval(secs => $3) WHERE id = $1",
+        job_id, owner, lease_seconds)
+    return job_id
+
+
 async def test_a_restarted_instance_takes_back_its_jobs_without_waiting_for_the_lease(
     pool: asyncpg.Pool, standin: ReplicateStandIn, catalog_path: Path, tmp_path: Path
 ) -> None:
     # The job as a crashed incarnation of "generator-7" left it: running, leased for 5 min.
-    job_id = await queue_job(pool, catalog_path)
-    await pool.execute(
-        "UPDATE jobs SET state = 'running', lease_owner = 'generator-7', attempts = 1,"
-        " lease_expires_at = now() + interval '5 minutes' WHERE id = $1", job_id)
+    job_id = await left_running_by(pool, catalog_path, "generator-7", lease_seconds=300)
     row = await drive(pool, standin, job_id, tmp_path, timeout=20, owner="generator-7",
                       reclaim_on_start=True)
     assert (row["state"], row["attempts"]) == ("succeeded", 2)
@@ -378,10 +386,7 @@ async def test_a_restarted_instance_takes_back_its_jobs_without_waiting_for_the_
 async def test_another_instance_waits_for_the_lease(
     pool: asyncpg.Pool, standin: ReplicateStandIn, catalog_path: Path, tmp_path: Path
 ) -> None:
-    job_id = await queue_job(pool, catalog_path)
-    await pool.execute(
-        "UPDATE jobs SET state = 'running', lease_owner = 'generator-7', attempts = 1,"
-        " lease_expires_at = now() + interval '2 seconds' WHERE id = $1", job_id)
+    job_id = await left_running_by(pool, catalog_path, "generator-7", lease_seconds=2)
     started = asyncio.get_running_loop().time()
     row = await drive(pool, standin, job_id, tmp_path, timeout=20, owner="generator-8",
                       reclaim_on_start=True)
