@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
@@ -58,12 +59,22 @@ def api_settings(infra: Infra, **overrides: Any) -> ApiSettings:
                        admin_token=SecretStr(ADMIN), **overrides)
 
 
+@asynccontextmanager
+async def serving_api(infra: Infra, pool: asyncpg.Pool, client_id: str,
+                      **overrides: Any) -> AsyncIterator[Client]:
+    """The api's real aiohttp app in this process with these settings (no relay)."""
+    broker = make_broker(infra.bootstrap_servers, client_id)
+    server = TestServer(build_app(api_settings(infra, **overrides), pool, broker))
+    await server.start_server()
+    try:
+        async with aiohttp.ClientSession() as session:
+            yield Client(session, str(server.make_url("")).rstrip("/"))
+    finally:
+        await server.close()
+
+
 @pytest.fixture
 async def client(infra: Infra, pool: asyncpg.Pool) -> AsyncIterator[Client]:
-    """The api's real aiohttp app in this process, on the real database (no relay)."""
-    broker = make_broker(infra.bootstrap_servers, "test-api")
-    server = TestServer(build_app(api_settings(infra, rate_limit_per_second=0), pool, broker))
-    await server.start_server()
-    async with aiohttp.ClientSession() as session:
-        yield Client(session, str(server.make_url("")).rstrip("/"))
-    await server.close()
+    """The api on the real database, without rate limits."""
+    async with serving_api(infra, pool, "test-api", rate_limit_per_second=0) as api:
+        yield api

@@ -6,17 +6,13 @@ import asyncio
 from typing import Any
 from uuid import UUID, uuid4
 
-import aiohttp
 import asyncpg
 import pytest
-from aiohttp.test_utils import TestServer
 
 from devstack.proc import free_port
 from services.api import idempotency
-from services.api.main import build_app
-from shared.kafka import make_broker
 from tests.infra import Infra
-from tests.integration.conftest import ADMIN, Client, api_settings
+from tests.integration.conftest import ADMIN, Client, serving_api
 
 pytestmark = pytest.mark.integration
 SCENE = "Walking through a hotel lobby at golden hour, slow push-in, confident energy"
@@ -290,21 +286,14 @@ async def test_list_filters_and_stable_cursor(client: Client) -> None:
 
 
 async def test_rate_limit_answers_429_with_retry_after(infra: Infra, pool: asyncpg.Pool) -> None:
-    app = build_app(api_settings(infra, rate_limit_per_second=1, rate_limit_burst=3), pool,
-                    make_broker(infra.bootstrap_servers, "test-api-rl"))
-    server = TestServer(app)
-    await server.start_server()
-    try:
-        async with aiohttp.ClientSession() as session:
-            c = Client(session, str(server.make_url("")).rstrip("/"))
-            ws = await c.workspace()
-            statuses = [(await c.call("GET", "/v1/credits", ws["api_key"])) for _ in range(5)]
-            assert [s[0] for s in statuses] == [200, 200, 200, 429, 429]
-            assert int(statuses[3][2]["Retry-After"]) >= 1
-            other = await c.workspace()  # the limit is per workspace
-            assert (await c.call("GET", "/v1/credits", other["api_key"]))[0] == 200
-    finally:
-        await server.close()
+    async with serving_api(infra, pool, "test-api-rl", rate_limit_per_second=1,
+                           rate_limit_burst=3) as c:
+        ws = await c.workspace()
+        statuses = [(await c.call("GET", "/v1/credits", ws["api_key"])) for _ in range(5)]
+        assert [s[0] for s in statuses] == [200, 200, 200, 429, 429]
+        assert int(statuses[3][2]["Retry-After"]) >= 1
+        other = await c.workspace()  # the limit is per workspace
+        assert (await c.call("GET", "/v1/credits", other["api_key"]))[0] == 200
 
 
 async def test_characters_can_be_edited(client: Client) -> None:
@@ -348,13 +337,8 @@ async def test_a_lost_database_answers_503_problem_with_retry_after(infra: Infra
     # database must answer a problem document saying "retry", not aiohttp's text/plain 500.
     gone = await asyncpg.create_pool(f"postgresql://postgres@127.0.0.1:{free_port()}/x",
                                      min_size=0)
-    app = build_app(api_settings(infra, rate_limit_per_second=0), gone,
-                    make_broker(infra.bootstrap_servers, "test-api-gone"))
-    server = TestServer(app)
-    await server.start_server()
     try:
-        async with aiohttp.ClientSession() as session:
-            c = Client(session, str(server.make_url("")).rstrip("/"))
+        async with serving_api(infra, gone, "test-api-gone", rate_limit_per_second=0) as c:
             for method, path, token in [("POST", "/v1/videos", "some-key"),
                                         ("GET", "/v1/credits", "some-key"),
                                         ("POST", "/v1/admin/workspaces", ADMIN)]:
@@ -366,5 +350,4 @@ async def test_a_lost_database_answers_503_problem_with_retry_after(infra: Infra
                 assert problem["title"] == "Service unavailable"
                 assert headers["Retry-After"] == "1"
     finally:
-        await server.close()
         await gone.close()
