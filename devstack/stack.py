@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -295,6 +296,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"demo video:    {media.get('video_url', '(status ' + video['status'] + ')')}")
     if args.command == "run":
         print("Ctrl-C stops everything.")
+        # Ctrl-C, and also SIGINT when started in the background (where a shell ignores it)
+        # or SIGTERM from a supervisor: leave through `finally`, which stops the stack.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
         try:
             while True:
                 time.sleep(1)
