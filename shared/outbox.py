@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -49,6 +49,22 @@ async def enqueue(conn: Conn, *, topic: str, key: str, event: BaseModel) -> None
         key,
         event.event_id,  # type: ignore[attr-defined]
         event.model_dump_json().encode(),
+        NOTIFY_CHANNEL,
+    )
+
+
+async def enqueue_many(
+    conn: Conn, *, topic: str, events: Sequence[tuple[str, BaseModel]]
+) -> None:
+    """Add `(key, event)` pairs to the outbox in one statement, with one wake-up signal."""
+    await conn.execute(
+        "WITH row AS (INSERT INTO outbox (topic, key, event_id, payload)"
+        " SELECT $1, * FROM unnest($2::text[], $3::uuid[], $4::bytea[]))"
+        " SELECT pg_notify($5, '')",
+        topic,
+        [key for key, _ in events],
+        [event.event_id for _, event in events],  # type: ignore[attr-defined]
+        [event.model_dump_json().encode() for _, event in events],
         NOTIFY_CHANNEL,
     )
 

@@ -15,9 +15,10 @@ _SELECT = """
 SELECT v.*, j.id AS job_id, j.state AS job_state, j.attempts AS job_attempts,
        j.progress AS job_progress, j.provider AS job_provider, j.error AS job_error,
        j.created_at AS job_created_at, s.job_id IS NOT NULL AS settled,
-       CASE WHEN j.state = 'queued' THEN
+       CASE WHEN j.state = 'queued' THEN  -- among the jobs waiting for the same provider
            (SELECT count(*) + 1 FROM jobs q
-             WHERE q.state = 'queued' AND (q.created_at, q.id) < (j.created_at, j.id))
+             WHERE q.state = 'queued' AND q.provider = j.provider
+               AND (q.created_at, q.id) < (j.created_at, j.id))
        END AS queue_position
   FROM videos v
   JOIN jobs j ON j.video_id = v.id

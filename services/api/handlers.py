@@ -4,9 +4,10 @@ call these; neither holds SQL or business rules."""
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, cast
 from uuid import UUID, uuid4
 
 import asyncpg
@@ -17,8 +18,8 @@ from services.api.auth import KeyCache, hash_key, new_api_key
 from services.api.scene import scene_feedback
 from services.api.validation import RequestInvalid, ValidRequest, planned_at, validate_request
 from shared import outbox
-from shared.catalog import Catalog
-from shared.db import Conn
+from shared.catalog import Catalog, ModelEntry
+from shared.db import UNAVAILABLE, Conn
 from shared.events import (
     FINAL_STATUSES,
     TOPIC_COMPLETED,
@@ -33,8 +34,9 @@ from shared.events import (
     VideoResource,
     utcnow,
 )
+from shared.group_commit import GroupCommit
 from shared.inbox import first_delivery
-from shared.videos import completion_event_id, fetch_video
+from shared.videos import completion_event_id, fetch_video, to_resource
 
 
 class NotFound(Exception):
@@ -132,58 +134,143 @@ def dry_run(valid: ValidRequest) -> dict[str, Any]:
     }
 
 
-async def create_video(
-    deps: IntakeDeps, workspace: Workspace, valid: ValidRequest, *, source: str,
-    conn: Conn,
-) -> VideoResource:
-    """Create the content item, its job, the credit reservation and the job event in the
-    caller's transaction (`conn` must be inside one)."""
-    req = valid.request
-    character = await repo.character(conn, id=req.character_id, workspace_id=workspace.id)
-    if character is None:
-        raise CharacterNotFound()
-    video_id, job_id = uuid4(), uuid4()
-    quote = valid.quote
-    renderer = deps.catalog.by_provider("sandbox") if workspace.sandbox else valid.model
-    assert renderer is not None, "the catalog has no sandbox model"
-    tier = req.quality_tier if req.quality_tier in renderer.tiers else next(iter(renderer.tiers))
-    width, height = renderer.frame_size(tier, req.aspect_ratio)
+@dataclass(frozen=True)
+class NewVideo:
+    """One accepted request on its way to the database. `claimed_key`: an HTTP
+    Idempotency-Key this request claimed, whose response is stored with the effect."""
+
+    workspace: Workspace
+    valid: ValidRequest
+    source: str
+    claimed_key: str | None = None
+
+
+#: What `create_videos` says of each request: its video, or why nothing was created.
+Outcome = VideoResource | CharacterNotFound | InsufficientCredits
+
+
+async def create_videos(deps: IntakeDeps, conn: Conn, items: Sequence[NewVideo]
+                        ) -> list[Outcome]:
+    """Create the content items, their jobs, the credit reservations and the job events of
+    several requests in the caller's transaction (`conn` must be inside one), with a fixed
+    number of statements however many there are. A request that is refused creates nothing;
+    the others go ahead. Requests are served in the given order, also for credits."""
+    outcomes: list[Outcome | None] = [None] * len(items)
+    characters = await repo.characters_by_id(
+        conn, ids=list({item.valid.request.character_id for item in items}))
+    # The workspaces' rows stay locked until commit: their credits are decided here.
+    available = await repo.lock_available_credits(
+        conn, workspace_ids=list({item.workspace.id for item in items}))
+    accepted: list[tuple[int, NewVideo, asyncpg.Record]] = []
+    for i, item in enumerate(items):
+        character = characters.get(item.valid.request.character_id)
+        if character is None or character["workspace_id"] != item.workspace.id:
+            outcomes[i] = CharacterNotFound()
+            continue
+        left = available[item.workspace.id]
+        if item.valid.quote > left:
+            outcomes[i] = InsufficientCredits(item.valid.quote, left)
+            continue
+        available[item.workspace.id] = left - item.valid.quote
+        accepted.append((i, item, character))
+    if not accepted:
+        return _all_decided(outcomes)
+    renderers = [_renderer(deps.catalog, item) for _, item, _ in accepted]
+    queued = await repo.queued_jobs(conn, providers=list({r.provider for r in renderers}))
     now = utcnow()
-    deadline = now + deps.job_deadline
-    await repo.insert_video(
-        conn,
-        id=video_id, workspace_id=workspace.id, character_id=req.character_id, status="queued",
-        platform=req.platform, type=valid.type, scene_description=req.scene_description,
-        planned_date=req.planned_date, planned_at=planned_at(req.planned_date),
-        caption=req.caption, hashtags=req.hashtags, cta=req.cta,
-        duration_seconds=req.duration_seconds, aspect_ratio=req.aspect_ratio,
-        model_id=valid.model.id, quality_tier=req.quality_tier,
-        scene_feedback=scene_feedback(req.scene_description).model_dump(),
-        credits_quoted=quote, request_source=source, created_at=now, updated_at=now,
-    )
-    await repo.insert_job(
-        conn, id=job_id, video_id=video_id, workspace_id=workspace.id,
-        provider=renderer.provider, deadline_at=deadline,
-    )
-    spec = JobSpec(
-        job_id=job_id, video_id=video_id, provider=renderer.provider, model_id=valid.model.id,
-        provider_model=renderer.provider_model, quality_tier=req.quality_tier,
-        width=width, height=height, fps=renderer.fps, duration_seconds=req.duration_seconds,
-        aspect_ratio=req.aspect_ratio, platform=req.platform, type=valid.type,
-        scene_description=req.scene_description, character_id=req.character_id,
-        character_name=character["name"], reference_image_url=character["reference_image_url"],
-        deadline_at=deadline,
-    )
-    event = VideoJobQueued(workspace_id=workspace.id, correlation_id=str(video_id), job=spec)
-    await outbox.enqueue(conn, topic=TOPIC_JOBS, key=str(video_id), event=event)
-    resource = await fetch_video(conn, video_id)
-    assert resource is not None
-    # Last: the reservation locks the workspace's row until commit (a refusal rolls back
-    # everything above with the caller's transaction).
-    held = await repo.reserve(conn, workspace_id=workspace.id, job_id=job_id, amount=quote)
-    if not held["ok"]:
-        raise InsufficientCredits(quote, int(held["available"]))
-    return resource
+    videos: list[dict[str, Any]] = []
+    jobs: list[tuple[UUID, UUID, UUID, str, datetime, datetime]] = []
+    holds: list[tuple[UUID, UUID, int]] = []
+    events: list[tuple[str, VideoJobQueued]] = []
+    claims: list[tuple[UUID, str, int, Any, UUID | None]] = []
+    for n, ((i, item, character), renderer) in enumerate(zip(accepted, renderers, strict=True)):
+        req, valid, workspace = item.valid.request, item.valid, item.workspace
+        video_id, job_id = uuid4(), uuid4()
+        # Distinct instants in arrival order: the queue is served oldest first.
+        created = now + timedelta(microseconds=n)
+        deadline = created + deps.job_deadline
+        tier = (req.quality_tier if req.quality_tier in renderer.tiers
+                else next(iter(renderer.tiers)))
+        width, height = renderer.frame_size(tier, req.aspect_ratio)
+        video = {
+            "id": video_id, "workspace_id": workspace.id, "character_id": req.character_id,
+            "status": "queued", "platform": req.platform, "type": valid.type,
+            "scene_description": req.scene_description, "planned_date": req.planned_date,
+            "planned_at": planned_at(req.planned_date), "caption": req.caption,
+            "hashtags": req.hashtags, "cta": req.cta, "duration_seconds": req.duration_seconds,
+            "aspect_ratio": req.aspect_ratio, "model_id": valid.model.id,
+            "quality_tier": req.quality_tier,
+            "scene_feedback": scene_feedback(req.scene_description).model_dump(),
+            "credits_quoted": valid.quote, "request_source": item.source,
+            "created_at": created, "updated_at": created,
+        }
+        videos.append(video)
+        jobs.append((job_id, video_id, workspace.id, renderer.provider, deadline, created))
+        holds.append((workspace.id, job_id, valid.quote))
+        queued[renderer.provider] = position = queued.get(renderer.provider, 0) + 1
+        resource = to_resource({
+            **video, "review_state": None, "media": None, "credits_charged": None,
+            "completed_at": None, "settled": False, "job_id": job_id, "job_state": "queued",
+            "job_attempts": 0, "job_progress": 0, "job_provider": renderer.provider,
+            "job_error": None, "queue_position": position,
+        })
+        spec = JobSpec(
+            job_id=job_id, video_id=video_id, provider=renderer.provider,
+            model_id=valid.model.id, provider_model=renderer.provider_model,
+            quality_tier=req.quality_tier, width=width, height=height, fps=renderer.fps,
+            duration_seconds=req.duration_seconds, aspect_ratio=req.aspect_ratio,
+            platform=req.platform, type=valid.type, scene_description=req.scene_description,
+            character_id=req.character_id, character_name=character["name"],
+            reference_image_url=character["reference_image_url"], deadline_at=deadline,
+        )
+        events.append((str(video_id), VideoJobQueued(
+            workspace_id=workspace.id, correlation_id=str(video_id), job=spec)))
+        if item.claimed_key is not None:
+            claims.append((workspace.id, item.claimed_key, 202,
+                           resource.model_dump(mode="json"), video_id))
+        outcomes[i] = resource
+    await repo.insert_videos(conn, videos)
+    await repo.insert_jobs(conn, jobs)
+    await repo.reserve_many(conn, holds=holds)
+    await outbox.enqueue_many(conn, topic=TOPIC_JOBS, events=events)
+    if claims:
+        await idempotency.complete_claims(conn, claims)
+    return _all_decided(outcomes)
+
+
+def video_writer(deps: IntakeDeps, *, max_batch: int, max_concurrent: int
+                 ) -> GroupCommit[NewVideo, VideoResource]:
+    """Group commit of new videos: what HTTP requests arriving together share a transaction
+    (`create_videos`), each with its own outcome."""
+    async def write(items: list[NewVideo]) -> list[Outcome]:
+        async with deps.pool.acquire() as conn, conn.transaction():
+            return await create_videos(deps, conn, items)
+
+    return GroupCommit(write, max_batch=max_batch, max_concurrent=max_concurrent,
+                       retry_alone=lambda exc: not isinstance(exc, UNAVAILABLE))
+
+
+def _renderer(catalog: Catalog, item: NewVideo) -> ModelEntry:
+    """What renders the video: the request's model, or the sandbox in a sandbox workspace."""
+    if not item.workspace.sandbox:
+        return item.valid.model
+    sandbox = catalog.by_provider("sandbox")
+    assert sandbox is not None, "the catalog has no sandbox model"
+    return sandbox
+
+
+def _all_decided(outcomes: list[Outcome | None]) -> list[Outcome]:
+    assert all(o is not None for o in outcomes)
+    return cast(list[Outcome], outcomes)
+
+
+async def create_video(deps: IntakeDeps, workspace: Workspace, valid: ValidRequest, *,
+                       source: str, conn: Conn) -> VideoResource:
+    """One request's video (`create_videos` for one); raises why nothing was created."""
+    [outcome] = await create_videos(deps, conn, [NewVideo(workspace, valid, source)])
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
 
 
 #: Envelope fields of a request event; everything else is judged as the request body.
@@ -216,7 +303,7 @@ async def intake_event(
         )
         await outbox.enqueue(conn, topic=TOPIC_REJECTED, key=event.request_id, event=rejected)
         if record_in is not None:
-            await idempotency.complete(
+            await idempotency.record(
                 conn, workspace_id=record_in.id, key=key, status=status, digest=digest,
                 body={"errors": [e.model_dump() for e in errors]},
             )
@@ -235,13 +322,13 @@ async def intake_event(
             422, None)  # the first request's record stands
     try:
         valid = judge(body, deps.catalog)
-        async with conn.transaction():  # a savepoint: a refusal below leaves no trace
-            resource = await create_video(deps, workspace, valid, source="kafka", conn=conn)
+        # A refusal creates nothing (it is decided before the first insert).
+        resource = await create_video(deps, workspace, valid, source="kafka", conn=conn)
     except (RequestInvalid, CharacterNotFound) as exc:
         return await reject(exc.errors, 422, workspace)
     except InsufficientCredits as exc:
         return await reject([FieldError(field="credits", message=str(exc))], 402, workspace)
-    await idempotency.complete(
+    await idempotency.record(
         conn, workspace_id=workspace.id, key=key, status=202, digest=digest,
         body=resource.model_dump(mode="json"), video_id=resource.id,
     )

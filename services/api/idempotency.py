@@ -77,23 +77,27 @@ async def claim(conn: Conn, *, workspace_id: UUID, key: str, digest: bytes) -> C
     return Claim(owned=False)
 
 
-async def complete(
-    conn: Conn, *, workspace_id: UUID, key: str, status: int, body: Any,
-    video_id: UUID | None = None, digest: bytes | None = None,
+async def record(
+    conn: Conn, *, workspace_id: UUID, key: str, digest: bytes, status: int, body: Any,
+    video_id: UUID | None = None,
 ) -> None:
-    """Store the response (inside the effect's transaction). With `digest`, the key is
-    inserted here (the Kafka path, which claims and completes in one transaction)."""
-    if digest is not None:
-        await conn.execute(
-            "INSERT INTO idempotency_keys (workspace_id, key, request_hash, video_id,"
-            " response_status, response_body) VALUES ($1, $2, $3, $4, $5, $6)",
-            workspace_id, key, digest, video_id, status, body,
-        )
-        return
+    """Claim and complete a key at once, inside the effect's transaction (the Kafka path)."""
     await conn.execute(
+        "INSERT INTO idempotency_keys (workspace_id, key, request_hash, video_id,"
+        " response_status, response_body) VALUES ($1, $2, $3, $4, $5, $6)",
+        workspace_id, key, digest, video_id, status, body,
+    )
+
+
+async def complete_claims(
+    conn: Conn, responses: list[tuple[UUID, str, int, Any, UUID | None]]
+) -> None:
+    """Store the responses of claimed keys, `(workspace_id, key, status, body, video_id)`
+    each, in the effects' transaction."""
+    await conn.executemany(
         "UPDATE idempotency_keys SET response_status = $3, response_body = $4, video_id = $5"
         " WHERE workspace_id = $1 AND key = $2",
-        workspace_id, key, status, body, video_id,
+        responses,
     )
 
 

@@ -13,8 +13,17 @@ from faststream.kafka import KafkaBroker
 from services.api import consumer, idempotency
 from services.api.auth import KeyCache
 from services.api.event_hub import VideoEventHub
-from services.api.handlers import IntakeDeps
-from services.api.keys import BROKER, DEPS, HUB, KEY_CACHE, LIMITER, POOL, SETTINGS
+from services.api.handlers import IntakeDeps, video_writer
+from services.api.keys import (
+    BROKER,
+    DEPS,
+    HUB,
+    KEY_CACHE,
+    LIMITER,
+    POOL,
+    SETTINGS,
+    VIDEO_WRITER,
+)
 from services.api.live import routes as live_routes
 from services.api.metrics import REGISTRY, ApiMetrics
 from services.api.metrics import routes as metrics_routes
@@ -53,7 +62,9 @@ def build_app(settings: ApiSettings, pool: asyncpg.Pool, broker: KafkaBroker,
     app[SETTINGS] = settings
     app[POOL] = pool
     app[BROKER] = broker
-    app[DEPS] = deps or intake_deps(settings, pool)
+    app[DEPS] = deps = deps or intake_deps(settings, pool)
+    app[VIDEO_WRITER] = video_writer(deps, max_batch=settings.intake_batch_max,
+                                     max_concurrent=settings.intake_batch_concurrency)
     app[LIMITER] = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
     app[KEY_CACHE] = KeyCache()
     app[HUB] = hub or VideoEventHub(settings.database_url)
@@ -97,7 +108,8 @@ async def serve(settings: ApiSettings) -> None:
     tasks = [asyncio.create_task(relay.run(), name="outbox-relay"),
              asyncio.create_task(purge_idempotency_keys(pool), name="idempotency-purge"),
              asyncio.create_task(hub.run(), name="video-events")]
-    runner = web.AppRunner(build_app(settings, pool, broker, deps, hub), access_log=None)
+    app = build_app(settings, pool, broker, deps, hub)
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.api_host, settings.api_port, reuse_address=True)
     await site.start()
@@ -108,6 +120,7 @@ async def serve(settings: ApiSettings) -> None:
     finally:
         log.info("api stopping")
         await runner.cleanup()
+        await app[VIDEO_WRITER].close()
         await broker.stop()
         await cancel(*tasks)
         await pool.close()

@@ -45,28 +45,6 @@ async def grant(conn: Conn, *, workspace_id: UUID, amount: int, reason: str) -> 
     return True
 
 
-async def reserve(conn: Conn, *, workspace_id: UUID, job_id: UUID, amount: int) -> asyncpg.Record:
-    """Hold `amount` credits, with its ledger row, in one statement; `ok` false when short.
-
-    This locks the workspace's row until commit, so every request of a workspace passes
-    through it one at a time: call it last in the transaction, to hold the lock briefly."""
-    return one(await conn.fetchrow(
-        """
-        WITH upd AS (
-            UPDATE workspaces SET credits_reserved = credits_reserved + $2
-             WHERE id = $1 AND credits_balance - credits_reserved >= $2
-         RETURNING id),
-        led AS (
-            INSERT INTO credit_ledger (workspace_id, kind, amount, job_id, reason)
-            SELECT id, 'reserve', $2, $3, 'video request' FROM upd)
-        SELECT (SELECT count(*) FROM upd) = 1 AS ok,
-               (SELECT credits_balance - credits_reserved FROM workspaces WHERE id = $1)
-                   AS available
-        """,
-        workspace_id, amount, job_id,
-    ))
-
-
 async def credits(conn: Conn, *, workspace_id: UUID, limit: int) -> dict[str, Any]:
     ws = one(await conn.fetchrow(
         "SELECT credits_balance, credits_reserved FROM workspaces WHERE id = $1", workspace_id
@@ -94,6 +72,51 @@ async def insert_character(
         id, workspace_id, name, review_mode, reference_image_url,
     ))
     return row
+
+
+async def characters_by_id(conn: Conn, *, ids: list[UUID]) -> dict[UUID, asyncpg.Record]:
+    rows = await conn.fetch(
+        "SELECT id, workspace_id, name, reference_image_url FROM characters"
+        " WHERE id = any($1::uuid[])", ids,
+    )
+    return {row["id"]: row for row in rows}
+
+
+async def lock_available_credits(conn: Conn, *, workspace_ids: list[UUID]) -> dict[UUID, int]:
+    """Each workspace's available credits, its row locked until commit (in id order, so that
+    concurrent callers cannot deadlock)."""
+    rows = await conn.fetch(
+        "SELECT id, credits_balance - credits_reserved AS available FROM workspaces"
+        " WHERE id = any($1::uuid[]) ORDER BY id FOR UPDATE", workspace_ids,
+    )
+    return {row["id"]: int(row["available"]) for row in rows}
+
+
+async def reserve_many(conn: Conn, *, holds: list[tuple[UUID, UUID, int]]) -> None:
+    """Hold credits for jobs, `(workspace_id, job_id, amount)` each, with their ledger rows.
+    The caller has checked the amounts against `lock_available_credits` in this transaction."""
+    await conn.execute(
+        """
+        WITH hold AS (SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::bigint[])
+                                 AS h(workspace_id, job_id, amount)),
+        led AS (
+            INSERT INTO credit_ledger (workspace_id, kind, amount, job_id, reason)
+            SELECT workspace_id, 'reserve', amount, job_id, 'video request' FROM hold)
+        UPDATE workspaces w SET credits_reserved = credits_reserved + t.total
+          FROM (SELECT workspace_id, sum(amount) AS total FROM hold GROUP BY workspace_id) t
+         WHERE w.id = t.workspace_id
+        """,
+        [h[0] for h in holds], [h[1] for h in holds], [h[2] for h in holds],
+    )
+
+
+async def queued_jobs(conn: Conn, *, providers: list[str]) -> dict[str, int]:
+    """How many jobs wait in each provider's queue (what a new job's position counts from)."""
+    rows = await conn.fetch(
+        "SELECT provider, count(*) AS n FROM jobs WHERE state = 'queued'"
+        " AND provider = any($1::text[]) GROUP BY provider", providers,
+    )
+    return {row["provider"]: int(row["n"]) for row in rows}
 
 
 async def character(
@@ -126,18 +149,21 @@ async def update_character(
     return row
 
 
-async def insert_video(conn: Conn, **cols: Any) -> None:
-    names = ", ".join(cols)
-    params = ", ".join(f"${i + 1}" for i in range(len(cols)))
-    await conn.execute(f"INSERT INTO videos ({names}) VALUES ({params})", *cols.values())
+async def insert_videos(conn: Conn, rows: list[dict[str, Any]]) -> None:
+    """Insert videos, each a dict of column values (all with the same columns)."""
+    names = list(rows[0])
+    params = ", ".join(f"${i + 1}" for i in range(len(names)))
+    await conn.executemany(
+        f"INSERT INTO videos ({', '.join(names)}) VALUES ({params})",
+        [[row[name] for name in names] for row in rows],
+    )
 
 
-async def insert_job(
-    conn: Conn, *, id: UUID, video_id: UUID, workspace_id: UUID, provider: str,
-    deadline_at: datetime,
-) -> None:
-    await conn.execute(
-        "INSERT INTO jobs (id, video_id, workspace_id, state, provider, deadline_at)"
-        " VALUES ($1, $2, $3, 'queued', $4, $5)",
-        id, video_id, workspace_id, provider, deadline_at,
+async def insert_jobs(conn: Conn, jobs: list[tuple[UUID, UUID, UUID, str, datetime, datetime]]
+                      ) -> None:
+    """Queued jobs, `(id, video_id, workspace_id, provider, deadline_at, created_at)` each."""
+    await conn.executemany(
+        "INSERT INTO jobs (id, video_id, workspace_id, state, provider, deadline_at, created_at,"
+        " updated_at) VALUES ($1, $2, $3, 'queued', $4, $5, $6, $6)",
+        jobs,
     )

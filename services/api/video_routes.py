@@ -12,7 +12,7 @@ from aiohttp import web
 
 from services.api import handlers, idempotency
 from services.api.http import body_of, ok, parse, read_json, uuid_param
-from services.api.keys import DEPS, POOL, SETTINGS, workspace_of
+from services.api.keys import DEPS, POOL, SETTINGS, VIDEO_WRITER, workspace_of
 from services.api.openapi import operation
 from services.api.problems import problem
 from services.api.schemas import DryRun, ReviewIn, VideoList, VideoQuery, VideoRequest
@@ -46,38 +46,33 @@ async def create_video(request: web.Request) -> web.Response:
     if request.query.get("dry_run") in ("true", "1"):
         return ok(DryRun.model_validate(handlers.dry_run(valid)))
     workspace = workspace_of(request)
+    writer = request.app[VIDEO_WRITER]
     key = request.headers.get("Idempotency-Key")
     if key is None:
-        async with deps.pool.acquire() as conn, conn.transaction():
-            resource = await handlers.create_video(deps, workspace, valid, source="http",
-                                                   conn=conn)
-        return _accepted(resource)
+        return _accepted(await writer.submit(handlers.NewVideo(workspace, valid, "http")))
     if not 1 <= len(key) <= 255:
         raise RequestInvalid([FieldError(field="Idempotency-Key",
                                          message="must be 1 to 255 characters")])
     digest = idempotency.request_hash(body)
     async with deps.pool.acquire() as conn:
         claim = await idempotency.claim(conn, workspace_id=workspace.id, key=key, digest=digest)
-        if claim.conflict:
-            return problem(422, "Idempotency-Key reused",
-                           "this key was used with a different request body")
-        if not claim.owned:
-            if claim.status is None:
-                return problem(409, "Request in progress",
-                               "a request with this Idempotency-Key is still being processed",
-                               headers={"Retry-After": "1"})
-            return _accepted(VideoResource.model_validate(claim.body), replayed=True)
-        try:
-            async with conn.transaction():
-                resource = await handlers.create_video(deps, workspace, valid, source="http",
-                                                       conn=conn)
-                await idempotency.complete(
-                    conn, workspace_id=workspace.id, key=key, status=202,
-                    body=resource.model_dump(mode="json"), video_id=resource.id)
-        except BaseException:
-            # Refused or failed: nothing was created, so a retry with this key may run.
+    if claim.conflict:
+        return problem(422, "Idempotency-Key reused",
+                       "this key was used with a different request body")
+    if not claim.owned:
+        if claim.status is None:
+            return problem(409, "Request in progress",
+                           "a request with this Idempotency-Key is still being processed",
+                           headers={"Retry-After": "1"})
+        return _accepted(VideoResource.model_validate(claim.body), replayed=True)
+    try:
+        # The response is stored under the key in the transaction that creates the video.
+        resource = await writer.submit(handlers.NewVideo(workspace, valid, "http", key))
+    except BaseException:
+        # Refused or failed: nothing was created, so a retry with this key may run.
+        async with deps.pool.acquire() as conn:
             await idempotency.release(conn, workspace_id=workspace.id, key=key)
-            raise
+        raise
     return _accepted(resource)
 
 

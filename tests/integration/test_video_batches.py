@@ -1,0 +1,114 @@
+"""Requests that share a transaction (group commit) are judged, created and refused exactly as
+if each had been alone, on the real database."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import timedelta
+from uuid import UUID, uuid4
+
+import asyncpg
+import pytest
+
+from services.api import handlers
+from services.api import repository as api_repo
+from shared.catalog import Catalog
+from shared.events import TOPIC_JOBS, VideoResource
+from shared.settings import ROOT
+from shared.videos import fetch_video
+from tests.integration.conftest import Client
+
+pytestmark = pytest.mark.integration
+CATALOG = Catalog.load(ROOT / "deploy" / "catalog.json")
+SCENE = "Walking through a hotel lobby at golden hour, slow push-in, confident energy"
+
+
+async def workspace_with_character(pool: asyncpg.Pool, credits: int, sandbox: bool = False
+                                   ) -> tuple[handlers.Workspace, UUID]:
+    ws = await handlers.create_workspace(pool, name="batch", credits=credits, sandbox=sandbox)
+    workspace = handlers.Workspace(id=UUID(ws["id"]), name="batch", sandbox=sandbox)
+    async with pool.acquire() as conn:
+        character = await api_repo.insert_character(
+            conn, id=uuid4(), workspace_id=workspace.id, name="C", review_mode="manual",
+            reference_image_url=None)
+    return workspace, character["id"]
+
+
+def request(workspace: handlers.Workspace, character: UUID, seconds: int) -> handlers.NewVideo:
+    valid = handlers.judge({"character_id": str(character), "scene_description": SCENE,
+                            "duration_seconds": seconds, "hashtags": ["ootd", "paris"]}, CATALOG)
+    return handlers.NewVideo(workspace, valid, "test")
+
+
+async def test_one_batch_refuses_some_and_creates_the_others(pool: asyncpg.Pool) -> None:
+    rich, rich_character = await workspace_with_character(pool, credits=1000)
+    poor, poor_character = await workspace_with_character(pool, credits=20, sandbox=True)
+    batch = [
+        request(rich, rich_character, 8),
+        request(rich, poor_character, 8),  # another workspace's character
+        request(poor, poor_character, 12),
+        request(poor, poor_character, 10),  # 12 of 20 are held by the one before
+        request(poor, poor_character, 8),  # fits in what is left
+    ]
+    deps = handlers.IntakeDeps(pool=pool, catalog=CATALOG, job_deadline=timedelta(hours=1))
+    async with pool.acquire() as conn, conn.transaction():
+        outcomes = await handlers.create_videos(deps, conn, batch)
+
+    assert isinstance(outcomes[1], handlers.CharacterNotFound)
+    assert isinstance(outcomes[3], handlers.InsufficientCredits)
+    assert (outcomes[3].quote, outcomes[3].available) == (10, 8)
+    created = [o for o in outcomes if isinstance(o, VideoResource)]
+    assert [o.duration_seconds for o in created] == [8, 12, 8]
+    async with pool.acquire() as conn:
+        for video in created:
+            # What the request was answered is what a read of the video says.
+            stored = await fetch_video(conn, video.id)
+            assert stored is not None
+            assert stored.model_dump() == video.model_dump()
+        # In arrival order in each provider's queue.
+        assert [v.job.queue_position for v in created[1:]] == [
+            created[1].job.queue_position, (created[1].job.queue_position or 0) + 1]
+        assert [v.job.provider for v in created] == ["local", "sandbox", "sandbox"]
+        for workspace, videos, reserved in ((rich, created[:1], 8), (poor, created[1:], 20)):
+            assert await conn.fetchval(
+                "SELECT count(*) FROM videos WHERE workspace_id = $1", workspace.id
+            ) == len(videos)
+            assert await conn.fetchval(
+                "SELECT credits_reserved FROM workspaces WHERE id = $1", workspace.id) == reserved
+            ledger = await conn.fetch(
+                "SELECT amount, job_id FROM credit_ledger WHERE workspace_id = $1"
+                " AND kind = 'reserve' ORDER BY amount", workspace.id)
+            assert sum(r["amount"] for r in ledger) == reserved
+            assert {r["job_id"] for r in ledger} == {v.job.id for v in videos}
+        events = await conn.fetch(
+            "SELECT key, payload FROM outbox WHERE topic = $1 AND key = any($2::text[])",
+            TOPIC_JOBS, [str(v.id) for v in created])
+        jobs = {r["key"]: json.loads(bytes(r["payload"]))["job"] for r in events}
+        assert {k: (j["job_id"], j["duration_seconds"]) for k, j in jobs.items()} == {
+            str(v.id): (str(v.job.id), v.duration_seconds) for v in created}
+
+
+async def test_concurrent_http_requests_share_transactions(client: Client,
+                                                           pool: asyncpg.Pool) -> None:
+    ws = await client.workspace(credits=10_000)
+    cid = await client.character(ws["api_key"])
+    results = await asyncio.gather(*(client.call(
+        "POST", "/v1/videos", ws["api_key"], {"character_id": cid, "scene_description": SCENE},
+        headers={"Idempotency-Key": f"k-{i}"} if i % 2 else None) for i in range(60)))
+    assert [r[0] for r in results] == [202] * 60
+    assert len({r[1]["id"] for r in results}) == 60
+    workspace_id = UUID(ws["id"])
+    # Rows written by one transaction share its id (xmin): fewer transactions than videos.
+    transactions = await pool.fetchval(
+        "SELECT count(DISTINCT xmin::text) FROM videos WHERE workspace_id = $1", workspace_id)
+    assert transactions < 60
+    assert await pool.fetchval(
+        "SELECT credits_reserved FROM workspaces WHERE id = $1", workspace_id) == 60 * 8
+    # The keyed requests' responses were stored with their videos: a replay returns them.
+    for i in (1, 31, 59):
+        status, replay, headers = await client.call(
+            "POST", "/v1/videos", ws["api_key"], {"character_id": cid, "scene_description": SCENE},
+            headers={"Idempotency-Key": f"k-{i}"})
+        assert (status, headers.get("Idempotent-Replayed")) == (202, "true")
+        assert replay["id"] == results[i][1]["id"]
