@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -14,7 +16,7 @@ from typing import Any
 
 import asyncpg
 
-from bench.common import bench_stack, service_rss_mb, write_result
+from bench.common import bench_stack, cpu_seconds, service_rss_mb, write_result
 from bench.load import Target, attack
 from devstack.proc import free_port, terminate
 from devstack.stack import Stack, call_api
@@ -88,6 +90,26 @@ def drain(stack: Stack, timeout: float = 300) -> float:
     return round(time.monotonic() - started, 1)
 
 
+def intake_alone(stack: Stack, target: Target) -> dict[str, Any]:
+    """Saturation with the generator and finalizer paused (SIGSTOP): what intake costs and
+    reaches when it does not share the cores with the pipeline working off its backlog."""
+    paused = [pid for name in ("generator", "finalizer") if (pid := stack.service_pid(name))]
+    drain(stack)
+    for pid in paused:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        before = cpu_seconds(stack)
+        result = attack(target, rate=0, seconds=SECONDS, ok=202)
+        after = cpu_seconds(stack)
+    finally:
+        for pid in paused:
+            os.kill(pid, signal.SIGCONT)
+    result["cpu_ms_per_request"] = {
+        name: round((after[name] - before[name]) * 1000 / max(result["ok"], 1), 2)
+        for name in after if name not in ("generator", "finalizer")}
+    return result
+
+
 def run() -> dict[str, Any]:
     env = {"INFLUGEN_RATE_LIMIT_PER_SECOND": "0", "INFLUGEN_LOG_LEVEL": "WARNING"}
     with bench_stack(env) as stack:
@@ -113,10 +135,12 @@ def run() -> dict[str, Any]:
         drain(stack)
         saturation = attack(target, rate=0, seconds=SECONDS, ok=202)
         inserts = asyncio.run(asyncpg_inserts(stack.database_url))
+        alone = intake_alone(stack, target)  # last: it leaves a backlog behind
     bare = bare_aiohttp(body)
     at_1000 = next(r for r in rates if r["target_rate"] == 1000)
     result = {
-        "intake": {"saturation": saturation, "rates": rates},
+        "intake": {"saturation": saturation, "rates": rates,
+                   "saturation_pipeline_paused": alone},
         "baseline_bare_aiohttp": bare,
         "baseline_asyncpg_insert_transactions": inserts,
         "memory_rss_mb": {"idle": idle, "under_1000_rps": loaded},
@@ -141,5 +165,7 @@ def run() -> dict[str, Any]:
         print(f"  {r['target_rate']}/s: p50 {r['latency_ms']['p50']} ms, p99 "
               f"{r['latency_ms']['p99']} ms, p99.9 {r['latency_ms']['p99.9']} ms, "
               f"ok {r['ok']}/{r['requests']}")
+    print(f"  with the generator and finalizer paused: {alone['ok_per_second']} accepted/s, "
+          f"CPU per request {alone['cpu_ms_per_request']} ms")
     print(f"  memory idle {idle} MB; under 1000/s {loaded} MB -> {path}")
     return result

@@ -44,7 +44,9 @@ def attack(target: Target, *, rate: int, seconds: float, ok: int,
         args = [vegeta(), "attack", "-format=json", f"-targets={targets}",
                 f"-duration={seconds}s", f"-max-workers={max_workers}", "-timeout=10s",
                 "-keepalive=true"]
-        args += [f"-rate={rate}/1s"] if rate else ["-rate=0", "-workers=64"]
+        # Saturation: as many requests in flight as the open-model runs may have, so that
+        # the server, not the client, sets the pace (more in flight, larger group commits).
+        args += [f"-rate={rate}/1s"] if rate else ["-rate=0", f"-workers={max_workers}"]
         done = subprocess.run(args, capture_output=True, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"vegeta attack failed: {done.stderr.decode()[-2000:]}")

@@ -152,8 +152,8 @@ Outcome = VideoResource | CharacterNotFound | InsufficientCredits
 async def create_videos(deps: IntakeDeps, conn: Conn, items: Sequence[NewVideo]
                         ) -> list[Outcome]:
     """Create the content items, their jobs, the credit reservations and the job events of
-    several requests in the caller's transaction (`conn` must be inside one), with a fixed
-    number of statements however many there are. A request that is refused creates nothing;
+    several requests in the caller's transaction (`conn` must be inside one), in a fixed
+    number of round trips however many there are. A request that is refused creates nothing;
     the others go ahead. Requests are served in the given order, also for credits."""
     outcomes: list[Outcome | None] = [None] * len(items)
     characters = await repo.characters_by_id(
@@ -240,7 +240,7 @@ async def create_videos(deps: IntakeDeps, conn: Conn, items: Sequence[NewVideo]
 
 def video_writer(deps: IntakeDeps, *, max_batch: int, max_concurrent: int
                  ) -> GroupCommit[NewVideo, VideoResource]:
-    """Group commit of new videos: what HTTP requests arriving together share a transaction
+    """Group commit of new videos: HTTP requests that arrive together share a transaction
     (`create_videos`), each with its own outcome."""
     async def write(items: list[NewVideo]) -> list[Outcome]:
         async with deps.pool.acquire() as conn, conn.transaction():
