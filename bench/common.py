@@ -85,6 +85,14 @@ def cpu_seconds(stack: Stack) -> dict[str, float]:
     return out
 
 
+def cpu_spent(before: dict[str, float], after: dict[str, float], *, scale: float,
+              digits: int = 2) -> dict[str, float]:
+    """Each process's CPU seconds between two `cpu_seconds` readings, times `scale` (1000 /
+    jobs: milliseconds per job; 100 / seconds: percent of a core)."""
+    return {name: round((after[name] - before[name]) * scale, digits)
+            for name in after if name in before}
+
+
 def write_result(name: str, data: dict[str, Any], path: Path | None = None) -> Path:
     """The result as JSON, with the machine and the time: `RESULTS/<name>.json` unless
     `path` says where."""

@@ -16,7 +16,7 @@ from typing import Any
 
 import asyncpg
 
-from bench.common import bench_stack, cpu_seconds, service_rss_mb, write_result
+from bench.common import bench_stack, cpu_seconds, cpu_spent, service_rss_mb, write_result
 from bench.load import Target, attack
 from devstack.proc import free_port, terminate
 from devstack.stack import Stack, call_api
@@ -104,9 +104,9 @@ def intake_alone(stack: Stack, target: Target) -> dict[str, Any]:
     finally:
         for pid in paused:
             os.kill(pid, signal.SIGCONT)
+    spent = cpu_spent(before, after, scale=1000 / max(result["ok"], 1))
     result["cpu_ms_per_request"] = {
-        name: round((after[name] - before[name]) * 1000 / max(result["ok"], 1), 2)
-        for name in after if name not in ("generator", "finalizer")}
+        name: ms for name, ms in spent.items() if name not in ("generator", "finalizer")}
     return result
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from bench.common import bench_stack, cpu_seconds, write_result
+from bench.common import bench_stack, cpu_seconds, cpu_spent, write_result
 from devstack.stack import call_api
 from services.generator.settings import GeneratorSettings
 from shared.kafka import topic_partitions
@@ -135,8 +135,7 @@ def run() -> dict[str, Any]:
             before = cpu_seconds(stack)
             time.sleep(IDLE_SECONDS)
             after = cpu_seconds(stack)
-            busy = {name: round((after[name] - before[name]) * 100 / IDLE_SECONDS, 1)
-                    for name in after if name in before}
+            busy = cpu_spent(before, after, scale=100 / IDLE_SECONDS, digits=1)
             idle.append({"fetch_max_wait_ms": wait, "cpu_percent_of_a_core": {
                 **busy, "total": round(sum(busy.values()), 1)}})
             print(f"pipeline fetch_wait={wait}ms idle: {idle[-1]['cpu_percent_of_a_core']} "
@@ -147,8 +146,7 @@ def run() -> dict[str, Any]:
                 result = asyncio.run(pipeline(stack.api_url, ws["api_key"], character,
                                               stack.bootstrap, rate))
                 after = cpu_seconds(stack)
-                cpu = {name: round((after[name] - before[name]) * 1000 / result["jobs"], 2)
-                       for name in after if name in before}
+                cpu = cpu_spent(before, after, scale=1000 / result["jobs"])
                 runs.append({"fetch_max_wait_ms": wait, **result,
                              "cpu_ms_per_job": {**cpu, "total": round(sum(cpu.values()), 1)},
                              "baseline_kafka_round_trip": baseline,

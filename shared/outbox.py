@@ -42,21 +42,14 @@ OUTBOX_ID_HEADER = "outbox-id"
 
 async def enqueue(conn: Conn, *, topic: str, key: str, event: BaseModel) -> None:
     """Add an event to the outbox; call inside the transaction of the effect it reports."""
-    await conn.execute(
-        "WITH row AS (INSERT INTO outbox (topic, key, event_id, payload)"
-        " VALUES ($1, $2, $3, $4)) SELECT pg_notify($5, '')",
-        topic,
-        key,
-        event.event_id,  # type: ignore[attr-defined]
-        event.model_dump_json().encode(),
-        NOTIFY_CHANNEL,
-    )
+    await enqueue_many(conn, topic=topic, events=[(key, event)])
 
 
 async def enqueue_many(
     conn: Conn, *, topic: str, events: Sequence[tuple[str, BaseModel]]
 ) -> None:
-    """Add `(key, event)` pairs to the outbox in one statement, with one wake-up signal."""
+    """Add `(key, event)` pairs to the outbox in one statement, with one wake-up signal
+    (delivered at commit); call inside the transaction of the effects they report."""
     await conn.execute(
         "WITH row AS (INSERT INTO outbox (topic, key, event_id, payload)"
         " SELECT $1, * FROM unnest($2::text[], $3::uuid[], $4::bytea[]))"
