@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 
 from faststream.kafka import KafkaBroker
-from faststream.kafka.message import KafkaMessage
 from pydantic import TypeAdapter
 
 from services.api.handlers import INTAKE_CONSUMER, IntakeDeps, intake_event
@@ -20,8 +19,8 @@ from shared.events import TOPIC_REQUESTED, VideoRequested
 
 def register(broker: KafkaBroker, *, deps: IntakeDeps, group_id: str,
              fetch_max_wait_ms: int, instance_id: str = "") -> None:
-    async def handle(conn: Conn, event: VideoRequested, message: KafkaMessage) -> None:
-        await intake_event(deps, conn, event, json.loads(message.body))
+    async def handle(conn: Conn, event: VideoRequested, raw: bytes) -> None:
+        await intake_event(deps, conn, event, json.loads(raw))
 
     subscribe(
         broker, topic=TOPIC_REQUESTED, adapter=TypeAdapter(VideoRequested),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncpg
 from faststream.kafka import KafkaBroker
-from faststream.kafka.message import KafkaMessage
 from pydantic import TypeAdapter
 
 from services.finalizer.handlers import CONSUMER, finalize
@@ -19,8 +18,8 @@ from shared.events import TOPIC_COMPLETED, TOPIC_GENERATED, GenerationEvent, Vid
 def register_webhooks(broker: KafkaBroker, *, pool: asyncpg.Pool, sender: WebhookSender,
                       cfg: WebhookConfig, group_id: str, fetch_max_wait_ms: int,
                       instance_id: str = "") -> None:
-    async def handle(conn: Conn, event: VideoCompleted, message: KafkaMessage) -> None:
-        await record_deliveries(conn, event, message.body, cfg)
+    async def handle(conn: Conn, event: VideoCompleted, raw: bytes) -> None:
+        await record_deliveries(conn, event, raw, cfg)
 
     subscribe(
         broker, topic=TOPIC_COMPLETED, adapter=TypeAdapter(VideoCompleted),
@@ -32,7 +31,7 @@ def register_webhooks(broker: KafkaBroker, *, pool: asyncpg.Pool, sender: Webhoo
 
 def register(broker: KafkaBroker, *, pool: asyncpg.Pool, catalog: Catalog, group_id: str,
              fetch_max_wait_ms: int, instance_id: str = "") -> None:
-    async def handle(conn: Conn, event: GenerationEvent, _: KafkaMessage) -> None:
+    async def handle(conn: Conn, event: GenerationEvent, _: bytes) -> None:
         await finalize(conn, event, catalog)
 
     subscribe(

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncpg
 from faststream.kafka import KafkaBroker
-from faststream.kafka.message import KafkaMessage
 from pydantic import TypeAdapter
 
 from services.generator import repository as repo
@@ -20,7 +19,7 @@ from shared.inbox import first_delivery
 CONSUMER = "generator"
 
 
-async def accept_job(conn: Conn, event: VideoJobQueued, _: KafkaMessage | None = None) -> None:
+async def accept_job(conn: Conn, event: VideoJobQueued, _: bytes = b"") -> None:
     if await first_delivery(conn, consumer=CONSUMER, event_id=event.event_id):
         await repo.accept(conn, spec=event.job)
 

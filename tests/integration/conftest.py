@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -78,3 +79,13 @@ async def client(infra: Infra, pool: asyncpg.Pool) -> AsyncIterator[Client]:
     """The api on the real database, without rate limits."""
     async with serving_api(infra, pool, "test-api", rate_limit_per_second=0) as api:
         yield api
+
+
+async def eventually(check: Any, timeout: float = 20) -> Any:
+    """The first true result of `check()`, polled every 0.1 s for `timeout` seconds."""
+    for _ in range(int(timeout / 0.1)):
+        result = await check()
+        if result:
+            return result
+        await asyncio.sleep(0.1)
+    raise AssertionError("condition not reached")

@@ -19,7 +19,7 @@ from shared.events import TOPIC_DLQ, TOPIC_REJECTED, TOPIC_REQUESTED
 from shared.kafka import make_broker
 from shared.outbox import OutboxRelay
 from tests.infra import Infra
-from tests.integration.conftest import Client, api_settings
+from tests.integration.conftest import Client, api_settings, eventually
 from tests.kafka_tools import read_topic
 
 pytestmark = pytest.mark.integration
@@ -57,15 +57,6 @@ def event(workspace_id: str, request_id: str, **fields: Any) -> bytes:
                        "schema_version": 1, "occurred_at": "2026-11-23T10:00:00Z",
                        "workspace_id": workspace_id, "correlation_id": request_id,
                        "request_id": request_id, **fields}).encode()
-
-
-async def eventually(check: Any, timeout: float = 20) -> Any:
-    for _ in range(int(timeout / 0.1)):
-        result = await check()
-        if result:
-            return result
-        await asyncio.sleep(0.1)
-    raise AssertionError("condition not reached")
 
 
 async def rejections(infra: Infra, request_id: str) -> list[dict[str, Any]]:

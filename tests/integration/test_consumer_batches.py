@@ -1,0 +1,115 @@
+"""Batched consumption (shared/consumer.py) against the real Kafka and PostgreSQL: records
+that arrive together are applied in one transaction, offsets are committed after it, and a
+message that fails holds back no other message's effect."""
+
+from __future__ import annotations
+
+import asyncio
+from uuid import UUID, uuid4
+
+import asyncpg
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from pydantic import BaseModel, TypeAdapter
+
+from shared import consumer as batches
+from shared.consumer import Handle, apply_batch, subscribe
+from shared.db import Conn
+from shared.inbox import first_delivery
+from shared.kafka import make_broker
+from tests.infra import Infra
+from tests.integration.conftest import eventually
+
+pytestmark = pytest.mark.integration
+
+
+class Ping(BaseModel):
+    event_id: UUID
+    poison: bool = False
+
+
+async def recorded(pool: asyncpg.Pool, consumer: str) -> dict[UUID, int]:
+    """The events `consumer` applied, with the id of the transaction that applied each."""
+    rows = await pool.fetch(
+        "SELECT event_id, xmin::text::bigint AS tx FROM inbox WHERE consumer = $1", consumer)
+    return {row["event_id"]: row["tx"] for row in rows}
+
+
+def handler(consumer: str) -> Handle[Ping]:
+    async def handle(conn: Conn, event: Ping, _: bytes) -> None:
+        await first_delivery(conn, consumer=consumer, event_id=event.event_id)
+        if event.poison:
+            raise ValueError("this message breaks its handler")
+    return handle
+
+
+async def test_a_failing_message_holds_back_no_other(
+    pool: asyncpg.Pool, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(batches, "RETRY_PAUSE_SECONDS", 0.0)
+    consumer = f"test-batch-{unique}"
+    good = [Ping(event_id=uuid4()) for _ in range(3)]
+    bad = Ping(event_id=uuid4(), poison=True)
+    batch = [(good[0], b""), (bad, b""), (good[1], b""), (good[2], b"")]
+    with pytest.raises(ValueError, match="breaks its handler"):
+        await apply_batch(pool, handler(consumer), batch, consumer)
+    # The batch's transaction failed; each good message was then applied alone.
+    applied = await recorded(pool, consumer)
+    assert set(applied) == {p.event_id for p in good}
+    assert len(set(applied.values())) == 3
+    # Redelivered (the offsets were not committed), the good ones change nothing.
+    await apply_batch(pool, handler(consumer), [(p, b"") for p in good], consumer)
+    assert await recorded(pool, consumer) == applied
+
+
+async def test_records_that_arrive_together_share_a_transaction(
+    infra: Infra, pool: asyncpg.Pool, unique: str
+) -> None:
+    topic, group, consumer = f"test.batches.{unique}", f"test-batches-{unique}", f"test-{unique}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=infra.bootstrap_servers)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])
+    finally:
+        await admin.close()
+    pings = [Ping(event_id=uuid4()) for _ in range(60)]
+    producer = AIOKafkaProducer(bootstrap_servers=infra.bootstrap_servers)
+    await producer.start()
+    try:  # all on the topic before the consumer starts: they arrive together
+        for i, ping in enumerate(pings):
+            await producer.send(topic, ping.model_dump_json().encode(),
+                                key=str(i % 2).encode())
+        await producer.send_and_wait(topic, b"not json", key=b"0")
+    finally:
+        await producer.stop()
+
+    broker = make_broker(infra.bootstrap_servers, "test-batches")
+    woken = asyncio.Event()
+    subscribe(broker, topic=topic, adapter=TypeAdapter(Ping), consumer=consumer,
+              group_id=group, fetch_max_wait_ms=10, description="test", pool=pool,
+              handle=handler(consumer), after=woken.set)
+    await broker.start()
+    try:
+        async def all_applied() -> bool:
+            return len(await recorded(pool, consumer)) == len(pings)
+
+        await eventually(all_applied, timeout=30)
+        assert woken.is_set()
+    finally:
+        await broker.stop()
+    applied = await recorded(pool, consumer)
+    assert set(applied) == {p.event_id for p in pings}
+    assert len(set(applied.values())) < len(pings) / 5, "the records were applied one by one"
+
+    # Every offset is committed, the malformed record's too (it went to the DLQ).
+    reader = AIOKafkaConsumer(bootstrap_servers=infra.bootstrap_servers, group_id=group,
+                              enable_auto_commit=False)
+    await reader.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in (0, 1)]
+        ends = await reader.end_offsets(tps)
+        assert {tp: await reader.committed(tp) for tp in tps} == ends
+        assert sum(ends.values()) == len(pings) + 1
+    finally:
+        await reader.stop()
