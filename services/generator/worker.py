@@ -115,6 +115,15 @@ async def emit_failed(conn: Conn, *, job_id: UUID, video_id: UUID, workspace_id:
     await outbox.enqueue(conn, topic=TOPIC_GENERATED, key=str(video_id), event=event)
 
 
+def remove_workdir(workdir: Path) -> None:
+    """Remove a job's scratch directory: usually empty (the sandbox writes nothing), and
+    `rmdir` is one system call where `rmtree` walks it with several."""
+    try:
+        workdir.rmdir()
+    except OSError:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 _OTHER = "*"  # the key of jobs whose provider this process does not have
 CANCELED = JobError(code="canceled", message="the video was canceled", retryable=False)
 
@@ -252,7 +261,7 @@ class Worker:
         finally:
             await stop_task(work)
             await stop_task(watcher)
-            shutil.rmtree(workdir, ignore_errors=True)
+            remove_workdir(workdir)
 
     async def _generate(self, provider: Provider | None, spec: JobSpec, handle: _Handle,
                         workdir: Path) -> Media:
@@ -260,7 +269,8 @@ class Worker:
             raise ProviderError("provider_unavailable",
                                 f"no provider {spec.provider!r} is configured", retryable=False)
         output = await provider.generate(spec, handle, workdir)
-        return await asyncio.to_thread(self._store, spec, output.video, output.thumbnail)
+        return await asyncio.to_thread(self._store, spec, output.video, output.thumbnail,
+                                       workdir)
 
     async def _watch(self, handle: _Handle) -> None:
         """Renew the lease and notice cancel requests, every `watch_interval` seconds."""
@@ -296,7 +306,8 @@ class Worker:
                              message=f"{exc.message} (gave up after {attempts} attempts)")
         await self._end(spec, row["workspace_id"], "failed", error)
 
-    def _store(self, spec: JobSpec, video: Path, thumbnail: Path | None) -> Media:
+    def _store(self, spec: JobSpec, video: Path, thumbnail: Path | None,
+               workdir: Path) -> Media:
         found = probe(video)
         problem = mismatch(found, width=spec.width, height=spec.height,
                            duration_seconds=spec.duration_seconds)
@@ -304,7 +315,7 @@ class Worker:
             raise ProviderError("bad_output", f"the provider's output does not match: {problem}",
                                 retryable=False)
         if thumbnail is None:
-            thumbnail = make_thumbnail(video, video.with_name("thumbnail.jpg"))
+            thumbnail = make_thumbnail(video, workdir / "thumbnail.jpg")
         base = f"{spec.video_id}"
         video_url = self._media.put(video, f"{base}/video.mp4")
         thumb_url = self._media.put(thumbnail, f"{base}/thumbnail.jpg")

@@ -25,7 +25,8 @@ class ProviderError(Exception):
 
 @dataclass(frozen=True)
 class Output:
-    """Files the provider produced, in a scratch directory the generator owns."""
+    """Files the provider produced: in the job's scratch directory, or files the provider
+    keeps and never modifies (the sandbox's cached clips). The generator reads them only."""
 
     video: Path
     thumbnail: Path | None
@@ -56,7 +57,8 @@ class Provider(abc.ABC):
 
     @abc.abstractmethod
     async def generate(self, spec: JobSpec, job: JobHandle, workdir: Path) -> Output:
-        """Produce the video (and a thumbnail if the provider makes one) under `workdir`."""
+        """Produce the video (and a thumbnail if the provider makes one) under `workdir`,
+        or hand over files the provider keeps (see `Output`)."""
 
     async def cancel(self, provider_job_id: str) -> None:  # noqa: B027 - optional
         """Stop the provider's job, where the provider can."""

@@ -9,7 +9,6 @@ import contextlib
 from concurrent.futures import Executor
 from pathlib import Path
 
-from services.generator.media import link_or_copy
 from services.generator.providers.base import JobHandle, Output, Provider
 from services.generator.providers.render import RenderRequest, render
 from shared.events import JobSpec
@@ -46,8 +45,8 @@ class LocalProvider(Provider):
 
 class SandboxProvider(Provider):
     """A small valid clip of the requested duration and aspect ratio, rendered once per
-    (duration, size) and linked (not copied) for every later job: no rendering or copying
-    cost under load."""
+    (duration, size) and handed to every later job as it is (the media store links it):
+    no rendering or copying cost under load."""
 
     name = "sandbox"
 
@@ -72,6 +71,4 @@ class SandboxProvider(Provider):
                 )
                 await asyncio.get_running_loop().run_in_executor(self._executor, render, req)
                 tmp.rename(video)
-        link_or_copy(video, workdir / "video.mp4")
-        link_or_copy(thumb, workdir / "thumbnail.jpg")
-        return Output(video=workdir / "video.mp4", thumbnail=workdir / "thumbnail.jpg")
+        return Output(video=video, thumbnail=thumb)
