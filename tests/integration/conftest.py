@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -17,6 +17,23 @@ from shared.kafka import make_broker
 from tests.infra import Infra
 
 ADMIN = "test-admin-token"
+
+
+@pytest.fixture(scope="package", autouse=True)
+def cancel_leftover_jobs(infra: Infra) -> Iterator[None]:
+    """These tests run no generator, and leave queued jobs whose events later reach the
+    end-to-end tests' stacks (same database and broker): cancel them once these tests are
+    done, so that those stacks do not spend their two render slots on a hundred of them."""
+    yield
+
+    async def cancel() -> None:
+        conn = await asyncpg.connect(infra.database_url)
+        try:
+            await conn.execute("UPDATE jobs SET cancel_requested = true WHERE state = 'queued'")
+        finally:
+            await conn.close()
+
+    asyncio.run(cancel())
 
 
 class Client:
