@@ -43,6 +43,16 @@ POLL_WAIT_MS = 20
 
 #: Applies one event (with the record's bytes) inside the caller's transaction.
 Handle = Callable[[Conn, T, bytes], Awaitable[object]]
+#: Applies a batch of events, in order, inside the caller's transaction.
+HandleBatch = Callable[[Conn, Sequence[tuple[T, bytes]]], Awaitable[object]]
+
+
+def one_by_one(handle: Handle[T]) -> HandleBatch[T]:
+    """A batch handler that applies each event with `handle`, in order."""
+    async def handle_batch(conn: Conn, events: Sequence[tuple[T, bytes]]) -> None:
+        for event, raw in events:
+            await handle(conn, event, raw)
+    return handle_batch
 
 
 async def decode_or_dead_letter(
@@ -69,7 +79,7 @@ async def _the_message(message: KafkaMessage) -> KafkaMessage:
     return message
 
 
-async def apply_batch(pool: asyncpg.Pool, handle: Handle[T],
+async def apply_batch(pool: asyncpg.Pool, handle: HandleBatch[T],
                       events: Sequence[tuple[T, bytes]], consumer: str) -> None:
     """Apply `events` in one transaction; if that fails, each in its own. Raises (after a
     pause) the failure of the database, or the first of a message applied alone, once the
@@ -96,11 +106,10 @@ async def apply_batch(pool: asyncpg.Pool, handle: Handle[T],
         raise failure
 
 
-async def _apply(pool: asyncpg.Pool, handle: Handle[T],
+async def _apply(pool: asyncpg.Pool, handle: HandleBatch[T],
                  events: Sequence[tuple[T, bytes]]) -> None:
     async with pool.acquire() as conn, conn.transaction():
-        for event, raw in events:
-            await handle(conn, event, raw)
+        await handle(conn, events)
 
 
 async def pause_before_redelivery(exc: BaseException, consumer: str) -> None:
@@ -118,12 +127,13 @@ def subscribe(
     fetch_max_wait_ms: int,
     description: str,
     pool: asyncpg.Pool,
-    handle: Handle[T],
+    handle: HandleBatch[T],
     after: Callable[[], None] | None = None,
     instance_id: str = "",
 ) -> None:
     """Subscribe `handle` to `topic`: decode (or dead-letter) each record of a batch, then
-    apply the batch in one transaction; offsets are committed after it, never before."""
+    apply the batch in one transaction (`one_by_one` turns a handler of one event into a
+    batch handler); offsets are committed after it, never before."""
 
     @broker.subscriber(
         topic, group_id=group_id, ack_policy=AckPolicy.NACK_ON_ERROR, description=description,

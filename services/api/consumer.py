@@ -12,7 +12,7 @@ from faststream.kafka import KafkaBroker
 from pydantic import TypeAdapter
 
 from services.api.handlers import INTAKE_CONSUMER, IntakeDeps, intake_event
-from shared.consumer import subscribe
+from shared.consumer import one_by_one, subscribe
 from shared.db import Conn
 from shared.events import TOPIC_REQUESTED, VideoRequested
 
@@ -26,5 +26,5 @@ def register(broker: KafkaBroker, *, deps: IntakeDeps, group_id: str,
         broker, topic=TOPIC_REQUESTED, adapter=TypeAdapter(VideoRequested),
         consumer=INTAKE_CONSUMER, group_id=group_id, fetch_max_wait_ms=fetch_max_wait_ms,
         description="Video requests from upstream systems, judged like POST /v1/videos.",
-        pool=deps.pool, handle=handle, instance_id=instance_id,
+        pool=deps.pool, handle=one_by_one(handle), instance_id=instance_id,
     )

@@ -10,7 +10,7 @@ from services.finalizer.handlers import CONSUMER, finalize
 from services.finalizer.webhooks import CONSUMER as WEBHOOKS_CONSUMER
 from services.finalizer.webhooks import WebhookConfig, WebhookSender, record_deliveries
 from shared.catalog import Catalog
-from shared.consumer import subscribe
+from shared.consumer import one_by_one, subscribe
 from shared.db import Conn
 from shared.events import TOPIC_COMPLETED, TOPIC_GENERATED, GenerationEvent, VideoCompleted
 
@@ -25,7 +25,7 @@ def register_webhooks(broker: KafkaBroker, *, pool: asyncpg.Pool, sender: Webhoo
         broker, topic=TOPIC_COMPLETED, adapter=TypeAdapter(VideoCompleted),
         consumer=WEBHOOKS_CONSUMER, group_id=group_id, fetch_max_wait_ms=fetch_max_wait_ms,
         description="Completion events: one signed webhook delivery per matching endpoint.",
-        pool=pool, handle=handle, after=sender.wake, instance_id=instance_id,
+        pool=pool, handle=one_by_one(handle), after=sender.wake, instance_id=instance_id,
     )
 
 
@@ -38,5 +38,5 @@ def register(broker: KafkaBroker, *, pool: asyncpg.Pool, catalog: Catalog, group
         broker, topic=TOPIC_GENERATED, adapter=TypeAdapter(GenerationEvent), consumer=CONSUMER,
         group_id=group_id, fetch_max_wait_ms=fetch_max_wait_ms,
         description="Generation outcomes: settle credits, set review state, emit completion.",
-        pool=pool, handle=handle, instance_id=instance_id,
+        pool=pool, handle=one_by_one(handle), instance_id=instance_id,
     )

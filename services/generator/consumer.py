@@ -5,6 +5,8 @@ long render never holds a Kafka message."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import asyncpg
 from faststream.kafka import KafkaBroker
 from pydantic import TypeAdapter
@@ -14,21 +16,36 @@ from services.generator.worker import Worker
 from shared.consumer import subscribe
 from shared.db import Conn
 from shared.events import TOPIC_JOBS, VideoJobQueued
-from shared.inbox import first_delivery
+from shared.inbox import first_deliveries
 
 CONSUMER = "generator"
 
 
-async def accept_job(conn: Conn, event: VideoJobQueued, _: bytes = b"") -> None:
-    if await first_delivery(conn, consumer=CONSUMER, event_id=event.event_id):
-        await repo.accept(conn, spec=event.job)
+async def accept_jobs(conn: Conn, events: Sequence[tuple[VideoJobQueued, bytes]]) -> set[str]:
+    """Accept the jobs of the events this consumer has not seen yet, in two statements;
+    the providers of the jobs accepted."""
+    new = await first_deliveries(conn, consumer=CONSUMER,
+                                 event_ids=[event.event_id for event, _ in events])
+    specs = {e.job.job_id: e.job for e, _ in events if e.event_id in new}
+    if specs:
+        await repo.accept(conn, specs=list(specs.values()))
+    return {spec.provider for spec in specs.values()}
 
 
 def register(broker: KafkaBroker, *, pool: asyncpg.Pool, worker: Worker, group_id: str,
              fetch_max_wait_ms: int, instance_id: str = "") -> None:
+    accepted: set[str] = set()  # providers with jobs accepted by the batch being applied
+
+    async def handle(conn: Conn, events: Sequence[tuple[VideoJobQueued, bytes]]) -> None:
+        accepted.update(await accept_jobs(conn, events))
+
+    def committed() -> None:
+        worker.wake(accepted)  # only those providers' jobs can be new
+        accepted.clear()
+
     subscribe(
         broker, topic=TOPIC_JOBS, adapter=TypeAdapter(VideoJobQueued), consumer=CONSUMER,
         group_id=group_id, fetch_max_wait_ms=fetch_max_wait_ms,
         description="Jobs to run: each is accepted into PostgreSQL and driven by the workers.",
-        pool=pool, handle=accept_job, after=worker.wake, instance_id=instance_id,
+        pool=pool, handle=handle, after=committed, instance_id=instance_id,
     )

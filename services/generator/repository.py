@@ -15,14 +15,16 @@ from shared.events import JobSpec
 _TERMINAL = ("succeeded", "failed", "canceled")
 
 
-async def accept(conn: Conn, *, spec: JobSpec) -> bool:
-    """Record the job event's spec; the job becomes claimable. False if already accepted."""
-    row = await conn.fetchrow(
-        "UPDATE jobs SET spec = $2, accepted_at = now(), updated_at = now()"
-        " WHERE id = $1 AND accepted_at IS NULL RETURNING id",
-        spec.job_id, spec.model_dump(mode="json"),
+async def accept(conn: Conn, *, specs: Sequence[JobSpec]) -> int:
+    """Record the job events' specs; the jobs become claimable. Jobs accepted before are left
+    as they are. Returns how many were accepted now."""
+    result: str = await conn.execute(
+        "UPDATE jobs j SET spec = s.spec::jsonb, accepted_at = now(), updated_at = now()"
+        "  FROM unnest($1::uuid[], $2::text[]) AS s(id, spec)"
+        " WHERE j.id = s.id AND j.accepted_at IS NULL",
+        [spec.job_id for spec in specs], [spec.model_dump_json() for spec in specs],
     )
-    return row is not None
+    return int(result.split()[-1])
 
 
 _RUNNABLE = "accepted_at IS NOT NULL AND NOT cancel_requested AND deadline_at > now()"
@@ -118,21 +120,22 @@ async def set_provider_job(
 
 
 async def finish(
-    conn: Conn, *, job_id: UUID, owner: str, state: str,
+    conn: Conn, *, job_ids: Sequence[UUID], owner: str, state: str,
     error: dict[str, Any] | None = None,
-) -> bool:
-    """Move the job to a terminal state if this process still holds it."""
-    row = await conn.fetchrow(
+) -> set[UUID]:
+    """Move the jobs to a terminal state, those this process still holds; their ids."""
+    rows = await conn.fetch(
         """
         UPDATE jobs SET state = $3, error = $4, finished_at = now(), updated_at = now(),
                         progress = CASE WHEN $3 = 'succeeded' THEN 100 ELSE progress END,
                         lease_owner = NULL, lease_expires_at = NULL
-         WHERE id = $1 AND lease_owner = $2 AND state IN ('submitted', 'running')
+         WHERE id = any($1::uuid[]) AND lease_owner = $2
+           AND state IN ('submitted', 'running')
         RETURNING id
         """,
-        job_id, owner, state, error,
+        list(job_ids), owner, state, error,
     )
-    return row is not None
+    return {row["id"] for row in rows}
 
 
 async def release(conn: Conn, *, job_id: UUID, owner: str, delay: float, resubmit: bool,

@@ -16,6 +16,7 @@ import logging
 import random
 import shutil
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from shared.events import (
     VideoGenerationSucceeded,
     utcnow,
 )
+from shared.group_commit import GroupCommit
 from shared.runtime import stop_task, wait_event
 
 log = logging.getLogger("influgen.generator.worker")
@@ -137,17 +139,26 @@ class Worker:
         self._cfg = cfg
         self._metrics = metrics or Metrics()
         self._wake = asyncio.Event()
+        #: providers to claim for at the next wake-up; every `poll_interval`, all of them
+        self._wanted: set[str] = set()
+        #: successes that finish together are written in one transaction
+        self._successes: GroupCommit[VideoGenerationSucceeded, bool] = GroupCommit(
+            self._record_successes, retry_alone=lambda exc: not isinstance(exc, UNAVAILABLE))
         #: running jobs by provider; `_OTHER` holds jobs of providers not configured here,
         #: which are claimed only to be failed with a reason
         self._active: dict[str, set[asyncio.Task[None]]] = {
             name: set() for name in (*providers, _OTHER)}
 
-    def wake(self) -> None:
+    def wake(self, providers: Iterable[str] | None = None) -> None:
+        """Claim jobs now: of `providers` (jobs just accepted), or of every provider."""
+        names = self._active if providers is None else (
+            name if name in self._active else _OTHER for name in providers)
+        self._wanted.update(names)
         self._wake.set()
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        next_sweep = 0.0
+        next_sweep = next_poll = 0.0
         if self._cfg.reclaim_on_start:
             try:
                 if taken := await repo.expire_leases(self._pool, owner=self._cfg.owner):
@@ -161,7 +172,12 @@ class Worker:
                 if loop.time() >= next_sweep:
                     await self._sweep()
                     next_sweep = loop.time() + self._cfg.sweep_interval
-                if await self._claim():
+                wanted, self._wanted = self._wanted, set()
+                if loop.time() >= next_poll:  # retries fall due without a wake-up
+                    wanted = set(self._active)
+                    next_poll = loop.time() + self._cfg.poll_interval
+                if await self._claim(wanted):
+                    self._wanted.update(wanted)
                     continue  # a provider filled all its free slots: there may be more
                 await wait_event(self._wake, self._cfg.poll_interval)
         finally:
@@ -169,16 +185,19 @@ class Worker:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await self._successes.close()
 
     @property
     def in_flight(self) -> int:
         return sum(len(active) for active in self._active.values())
 
-    async def _claim(self) -> bool:
-        """Claim jobs for every provider with free slots; True if one filled them all."""
+    async def _claim(self, wanted: set[str]) -> bool:
+        """Claim jobs for the `wanted` providers with free slots; True if one filled them."""
         filled = False
         configured = [name for name in self._active if name != _OTHER]
         for name, active in self._active.items():
+            if name not in wanted:
+                continue
             free = self._cfg.limit(name) - len(active)
             if free <= 0:
                 continue
@@ -193,15 +212,15 @@ class Worker:
             for row in claimed:
                 task = asyncio.create_task(self._drive(row), name=f"job-{row['id']}")
                 active.add(task)
-                task.add_done_callback(functools.partial(self._done, active))
+                task.add_done_callback(functools.partial(self._done, name))
             self._metrics.in_flight.set(self.in_flight)
             filled = filled or len(claimed) == free
         return filled
 
-    def _done(self, active: set[asyncio.Task[None]], task: asyncio.Task[None]) -> None:
-        active.discard(task)
+    def _done(self, provider: str, task: asyncio.Task[None]) -> None:
+        self._active[provider].discard(task)
         self._metrics.in_flight.set(self.in_flight)
-        self._wake.set()
+        self.wake([provider])  # a free slot
 
     # --- one job ---------------------------------------------------------------------
 
@@ -324,20 +343,28 @@ class Worker:
                      aspect_ratio=spec.aspect_ratio, width=found.width, height=found.height)
 
     async def _succeed(self, spec: JobSpec, workspace_id: UUID, media: Media) -> None:
-        async with self._pool.acquire() as conn, conn.transaction():
-            if not await repo.finish(conn, job_id=spec.job_id, owner=self._cfg.owner,
-                                     state="succeeded"):
-                raise LeaseLost(str(spec.job_id))
-            event = VideoGenerationSucceeded(
-                workspace_id=workspace_id, correlation_id=str(spec.video_id),
-                job_id=spec.job_id, video_id=spec.video_id, provider=spec.provider, media=media,
-            )
-            await outbox.enqueue(conn, topic=TOPIC_GENERATED, key=str(spec.video_id), event=event)
+        event = VideoGenerationSucceeded(
+            workspace_id=workspace_id, correlation_id=str(spec.video_id),
+            job_id=spec.job_id, video_id=spec.video_id, provider=spec.provider, media=media,
+        )
+        if not await self._successes.submit(event):
+            raise LeaseLost(str(spec.job_id))
         log.info("job %s succeeded: %s", spec.job_id, media.video_url)
+
+    async def _record_successes(self, events: list[VideoGenerationSucceeded]) -> list[bool]:
+        """End the jobs as succeeded and enqueue their events, in one transaction; for each,
+        whether this process still held it."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            done = await repo.finish(conn, job_ids=[e.job_id for e in events],
+                                     owner=self._cfg.owner, state="succeeded")
+            if done:
+                await outbox.enqueue_many(conn, topic=TOPIC_GENERATED, events=[
+                    (str(e.video_id), e) for e in events if e.job_id in done])
+        return [e.job_id in done for e in events]
 
     async def _end(self, spec: JobSpec, workspace_id: UUID, state: str, error: JobError) -> None:
         async with self._pool.acquire() as conn, conn.transaction():
-            if not await repo.finish(conn, job_id=spec.job_id, owner=self._cfg.owner,
+            if not await repo.finish(conn, job_ids=[spec.job_id], owner=self._cfg.owner,
                                      state=state, error=None if state == "canceled"
                                      else error.model_dump()):
                 return

@@ -14,7 +14,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from pydantic import BaseModel, TypeAdapter
 
 from shared import consumer as batches
-from shared.consumer import Handle, apply_batch, subscribe
+from shared.consumer import Handle, apply_batch, one_by_one, subscribe
 from shared.db import Conn
 from shared.inbox import first_delivery
 from shared.kafka import make_broker
@@ -53,13 +53,14 @@ async def test_a_failing_message_holds_back_no_other(
     bad = Ping(event_id=uuid4(), poison=True)
     batch = [(good[0], b""), (bad, b""), (good[1], b""), (good[2], b"")]
     with pytest.raises(ValueError, match="breaks its handler"):
-        await apply_batch(pool, handler(consumer), batch, consumer)
+        await apply_batch(pool, one_by_one(handler(consumer)), batch, consumer)
     # The batch's transaction failed; each good message was then applied alone.
     applied = await recorded(pool, consumer)
     assert set(applied) == {p.event_id for p in good}
     assert len(set(applied.values())) == 3
     # Redelivered (the offsets were not committed), the good ones change nothing.
-    await apply_batch(pool, handler(consumer), [(p, b"") for p in good], consumer)
+    await apply_batch(pool, one_by_one(handler(consumer)), [(p, b"") for p in good],
+                      consumer)
     assert await recorded(pool, consumer) == applied
 
 
@@ -88,7 +89,7 @@ async def test_records_that_arrive_together_share_a_transaction(
     woken = asyncio.Event()
     subscribe(broker, topic=topic, adapter=TypeAdapter(Ping), consumer=consumer,
               group_id=group, fetch_max_wait_ms=10, description="test", pool=pool,
-              handle=handler(consumer), after=woken.set)
+              handle=one_by_one(handler(consumer)), after=woken.set)
     await broker.start()
     try:
         async def all_applied() -> bool:

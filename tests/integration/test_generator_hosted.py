@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestServer
 
 from services.api import handlers
 from services.api import repository as api_repo
-from services.generator.consumer import accept_job
+from services.generator.consumer import accept_jobs
 from services.generator.media import LocalMediaStore, probe
 from services.generator.metrics import Metrics
 from services.generator.providers.replicate import ReplicateProvider
@@ -69,7 +69,7 @@ async def queue_job(pool: asyncpg.Pool, catalog_path: Path, *, deadline: float =
             str(video.id))
         event = VideoJobQueued.model_validate_json(bytes(payload))
         if accept:
-            await accept_job(conn, event)
+            await accept_jobs(conn, [(event, b"")])
     return event.job.job_id
 
 
