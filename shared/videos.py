@@ -85,6 +85,14 @@ async def fetch_video(
     return to_resource(row) if row is not None else None
 
 
+async def fetch_videos(conn: Conn, video_ids: list[UUID]) -> dict[UUID, VideoResource]:
+    """The resources of the videos that exist, by id."""
+    if not video_ids:
+        return {}
+    rows = await conn.fetch(_SELECT + " WHERE v.id = any($1::uuid[])", video_ids)
+    return {row["id"]: to_resource(row) for row in rows}
+
+
 async def list_videos(
     conn: Conn, where: str, args: list[Any], limit: int
 ) -> list[VideoResource]:

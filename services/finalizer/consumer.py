@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import asyncpg
 from faststream.kafka import KafkaBroker
 from pydantic import TypeAdapter
 
-from services.finalizer.handlers import CONSUMER, finalize
+from services.finalizer.handlers import CONSUMER, finalize_many
 from services.finalizer.webhooks import CONSUMER as WEBHOOKS_CONSUMER
 from services.finalizer.webhooks import WebhookConfig, WebhookSender, record_deliveries
 from shared.catalog import Catalog
-from shared.consumer import one_by_one, subscribe
+from shared.consumer import subscribe
 from shared.db import Conn
 from shared.events import TOPIC_COMPLETED, TOPIC_GENERATED, GenerationEvent, VideoCompleted
 
@@ -18,25 +20,25 @@ from shared.events import TOPIC_COMPLETED, TOPIC_GENERATED, GenerationEvent, Vid
 def register_webhooks(broker: KafkaBroker, *, pool: asyncpg.Pool, sender: WebhookSender,
                       cfg: WebhookConfig, group_id: str, fetch_max_wait_ms: int,
                       instance_id: str = "") -> None:
-    async def handle(conn: Conn, event: VideoCompleted, raw: bytes) -> None:
-        await record_deliveries(conn, event, raw, cfg)
+    async def handle(conn: Conn, events: Sequence[tuple[VideoCompleted, bytes]]) -> None:
+        await record_deliveries(conn, events, cfg)
 
     subscribe(
         broker, topic=TOPIC_COMPLETED, adapter=TypeAdapter(VideoCompleted),
         consumer=WEBHOOKS_CONSUMER, group_id=group_id, fetch_max_wait_ms=fetch_max_wait_ms,
         description="Completion events: one signed webhook delivery per matching endpoint.",
-        pool=pool, handle=one_by_one(handle), after=sender.wake, instance_id=instance_id,
+        pool=pool, handle=handle, after=sender.wake, instance_id=instance_id,
     )
 
 
 def register(broker: KafkaBroker, *, pool: asyncpg.Pool, catalog: Catalog, group_id: str,
              fetch_max_wait_ms: int, instance_id: str = "") -> None:
-    async def handle(conn: Conn, event: GenerationEvent, _: bytes) -> None:
-        await finalize(conn, event, catalog)
+    async def handle(conn: Conn, events: Sequence[tuple[GenerationEvent, bytes]]) -> None:
+        await finalize_many(conn, [event for event, _ in events], catalog)
 
     subscribe(
         broker, topic=TOPIC_GENERATED, adapter=TypeAdapter(GenerationEvent), consumer=CONSUMER,
         group_id=group_id, fetch_max_wait_ms=fetch_max_wait_ms,
         description="Generation outcomes: settle credits, set review state, emit completion.",
-        pool=pool, handle=one_by_one(handle), instance_id=instance_id,
+        pool=pool, handle=handle, instance_id=instance_id,
     )

@@ -1,11 +1,16 @@
-"""The finalizer's use case: turn a generation outcome into the video's final state, its
-credit settlement and its completion event, in one transaction, exactly once."""
+"""The finalizer's use case: turn generation outcomes into the videos' final states, their
+credit settlements and their completion events, in the caller's transaction, exactly once.
+
+A batch of outcomes is applied with a fixed number of statements, whatever its size."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 from services.finalizer import repository as repo
+from services.finalizer.repository import Settlement
 from shared import outbox
 from shared.catalog import Catalog
 from shared.db import Conn
@@ -15,48 +20,65 @@ from shared.events import (
     VideoGenerationFailed,
     VideoGenerationSucceeded,
 )
-from shared.inbox import first_delivery
-from shared.videos import completion_event_id, fetch_video
+from shared.inbox import first_deliveries
+from shared.videos import completion_event_id, fetch_videos
 
 CONSUMER = "finalizer"
+GenerationOutcome = VideoGenerationSucceeded | VideoGenerationFailed
 
 
-async def finalize(
-    conn: Conn, event: VideoGenerationSucceeded | VideoGenerationFailed,
-    catalog: Catalog,
-) -> VideoCompleted | None:
-    """Apply the event inside the caller's transaction; None if it changed nothing."""
-    if not await first_delivery(conn, consumer=CONSUMER, event_id=event.event_id):
-        return None
-    ctx = await repo.job_context(conn, job_id=event.job_id)
-    if ctx is None:
-        return None
+def settlement(event: GenerationOutcome, ctx: Any, catalog: Catalog) -> Settlement:
+    """What the outcome does: the charge (the model's rate times the delivered duration,
+    at most the reservation; nothing for a failure) and the video's final state."""
     reserved = ctx["credits_quoted"]
     if isinstance(event, VideoGenerationSucceeded):
         model = catalog.get(ctx["model_id"])
         rate = model.tiers[ctx["quality_tier"]].credits_per_second if model else 0.0
         charge = min(reserved, math.ceil(rate * event.media.duration_seconds - 1e-9))
-        outcome = "succeeded"
-    else:
-        charge, outcome = 0, "canceled" if event.canceled else "failed"
-    if not await repo.settle(conn, job_id=event.job_id, workspace_id=ctx["workspace_id"],
-                             outcome=outcome, reserved=reserved, charge=charge):
-        return None  # another terminal state won the race; this one is recorded and ignored
-    if isinstance(event, VideoGenerationSucceeded):
         state = "approved" if ctx["review_mode"] == "autopilot" else "ready"
-        await repo.complete_video(conn, video_id=event.video_id, status=state, review_state=state,
-                                  media=event.media.model_dump(), charged=charge)
-    else:
-        state = outcome
-        await repo.complete_video(conn, video_id=event.video_id, status=state, review_state=None,
-                                  media=None, charged=0)
-    resource = await fetch_video(conn, event.video_id)
-    assert resource is not None
-    event_type = f"video.{state}"
-    completed = VideoCompleted(
-        event_id=completion_event_id(event.job_id, event_type),
-        event_type=event_type,
-        workspace_id=ctx["workspace_id"], correlation_id=event.correlation_id, video=resource,
-    )
-    await outbox.enqueue(conn, topic=TOPIC_COMPLETED, key=str(event.video_id), event=completed)
+        return Settlement(job_id=event.job_id, video_id=event.video_id,
+                          workspace_id=ctx["workspace_id"], outcome="succeeded",
+                          reserved=reserved, charge=charge, status=state, review_state=state,
+                          media=event.media.model_dump(mode="json"))
+    outcome = "canceled" if event.canceled else "failed"
+    return Settlement(job_id=event.job_id, video_id=event.video_id,
+                      workspace_id=ctx["workspace_id"], outcome=outcome, reserved=reserved,
+                      charge=0, status=outcome, review_state=None, media=None)
+
+
+async def finalize_many(conn: Conn, events: Sequence[GenerationOutcome],
+                        catalog: Catalog) -> list[VideoCompleted]:
+    """Apply the events in order; the completion events they produced (an event seen
+    before, of an unknown job, or of a job already settled produces none)."""
+    new = await first_deliveries(conn, consumer=CONSUMER,
+                                 event_ids=[event.event_id for event in events])
+    contexts = await repo.job_contexts(
+        conn, job_ids=list({e.job_id for e in events if e.event_id in new}))
+    firsts: dict[Any, tuple[GenerationOutcome, Settlement]] = {}
+    for event in events:
+        ctx = contexts.get(event.job_id)
+        if event.event_id in new and ctx is not None and event.job_id not in firsts:
+            firsts[event.job_id] = (event, settlement(event, ctx, catalog))
+    settled = await repo.settle(conn, [s for _, s in firsts.values()])
+    done = [(event, s) for event, s in firsts.values() if s.job_id in settled]
+    await repo.complete_videos(conn, [s for _, s in done])
+    resources = await fetch_videos(conn, [s.video_id for _, s in done])
+    completed = [
+        VideoCompleted(
+            event_id=completion_event_id(s.job_id, f"video.{s.status}"),
+            event_type=f"video.{s.status}", workspace_id=s.workspace_id,
+            correlation_id=event.correlation_id, video=resources[s.video_id])
+        for event, s in done
+    ]
+    if completed:
+        await outbox.enqueue_many(conn, topic=TOPIC_COMPLETED, events=[
+            (str(c.video.id), c) for c in completed])
+    await repo.update_balances(conn, [s for _, s in done])
     return completed
+
+
+async def finalize(conn: Conn, event: GenerationOutcome,
+                   catalog: Catalog) -> VideoCompleted | None:
+    """One event (see `finalize_many`); None if it changed nothing."""
+    completed = await finalize_many(conn, [event], catalog)
+    return completed[0] if completed else None

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from services.api import handlers
 from services.api import repository as api_repo
-from services.finalizer.handlers import finalize
+from services.finalizer.handlers import GenerationOutcome, finalize, finalize_many
 from shared.catalog import Catalog
 from shared.events import (
     JobError,
@@ -24,6 +24,7 @@ from shared.events import (
     VideoGenerationSucceeded,
 )
 from shared.settings import ROOT
+from shared.videos import fetch_video
 from tests.audit import ledger_problems
 
 pytestmark = pytest.mark.integration
@@ -111,6 +112,39 @@ async def test_a_failure_releases_the_whole_reservation(pool: asyncpg.Pool) -> N
     assert await ledger_holds(pool, ws.id) == {"balance": 50, "reserved": quote}
     await apply(pool, failed(ws.id, video, job))
     assert await ledger_holds(pool, ws.id) == {"balance": 50, "reserved": 0}
+
+
+async def test_a_batch_applies_each_outcome_as_alone(pool: asyncpg.Pool) -> None:
+    """One batch (one transaction): a success and its duplicate, a late contradiction, a
+    success and a failure in another workspace, and an unknown job."""
+    rich, poor = await new_workspace(pool, 100), await new_workspace(pool, 60)
+    a_video, a_job, _ = await request_video(pool, rich, 10)
+    b_video, b_job, _ = await request_video(pool, poor, 12, review_mode="autopilot")
+    c_video, c_job, c_quote = await request_video(pool, poor, 20)
+    a_done = succeeded(rich.id, a_video, a_job, 8.0)
+    batch: list[GenerationOutcome] = [a_done, a_done, failed(rich.id, a_video, a_job),
+             succeeded(poor.id, b_video, b_job, 12.0), failed(poor.id, c_video, c_job),
+             succeeded(poor.id, uuid4(), uuid4(), 5.0)]
+    async with pool.acquire() as conn, conn.transaction():
+        completed = await finalize_many(conn, batch, CATALOG)
+    assert [(c.video.id, c.event_type) for c in completed] == [
+        (a_video, "video.ready"), (b_video, "video.approved"), (c_video, "video.failed")]
+    # Each completion event carries the resource as a read of the video gives it.
+    async with pool.acquire() as conn:
+        for event in completed:
+            assert event.video == await fetch_video(conn, event.video.id)
+    assert completed[0].video.credits.model_dump() == {
+        "quoted": 10, "reserved": 0, "charged": 8}
+    assert await ledger_holds(pool, rich.id) == {"balance": 92, "reserved": 0}
+    assert await ledger_holds(pool, poor.id) == {"balance": 48, "reserved": 0}
+    assert c_quote == 20
+    for video, kinds in ((a_video, ["video.ready"]), (b_video, ["video.approved"]),
+                         (c_video, ["video.failed"])):
+        assert await completions(pool, video) == kinds
+    # Redelivered as a whole, the batch changes nothing.
+    async with pool.acquire() as conn, conn.transaction():
+        assert await finalize_many(conn, batch, CATALOG) == []
+    assert await ledger_holds(pool, poor.id) == {"balance": 48, "reserved": 0}
 
 
 @pytest.mark.parametrize("round_", range(5))
