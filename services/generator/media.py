@@ -40,10 +40,13 @@ class LocalMediaStore(MediaStore):
     def put(self, source: Path, key: str) -> str:
         target = self._root / key
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(target.suffix + ".part")
-        tmp.unlink(missing_ok=True)  # left by a crash between link and replace
-        link_or_copy(source, tmp)
-        tmp.replace(target)  # atomic: a reader never sees half a file
+        try:
+            os.link(source, target)  # atomic: a reader never sees half a file
+        except OSError:  # there already (an earlier attempt), or another file system
+            tmp = target.with_suffix(target.suffix + ".part")
+            tmp.unlink(missing_ok=True)  # left by a crash between link and replace
+            link_or_copy(source, tmp)
+            tmp.replace(target)  # atomic too
         return self._base + key
 
 

@@ -118,10 +118,11 @@ async def emit_failed(conn: Conn, *, job_id: UUID, video_id: UUID, workspace_id:
 
 
 def remove_workdir(workdir: Path) -> None:
-    """Remove a job's scratch directory: usually empty (the sandbox writes nothing), and
-    `rmdir` is one system call where `rmtree` walks it with several."""
+    """Remove a job's scratch directory, if it was made (see `Provider.uses_workdir`)."""
     try:
-        workdir.rmdir()
+        workdir.rmdir()  # one system call for an empty or missing directory
+    except FileNotFoundError:
+        pass
     except OSError:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -139,6 +140,8 @@ class Worker:
         self._cfg = cfg
         self._metrics = metrics or Metrics()
         self._wake = asyncio.Event()
+        #: where jobs' scratch directories go: one per job and attempt, so never shared
+        self._scratch = Path(tempfile.gettempdir()) / "influgen-jobs"
         #: providers to claim for at the next wake-up; every `poll_interval`, all of them
         self._wanted: set[str] = set()
         #: successes that finish together are written in one transaction
@@ -237,7 +240,9 @@ class Worker:
         spec = JobSpec.model_validate(row["spec"])
         handle = _Handle(self._pool, spec.job_id, self._cfg, row["provider_job_id"])
         provider = self._providers.get(spec.provider)
-        workdir = Path(tempfile.mkdtemp(prefix=f"job-{spec.job_id}-"))
+        workdir = self._scratch / f"job-{spec.job_id}-{row['attempts']}"
+        if provider is None or provider.uses_workdir:
+            workdir.mkdir(parents=True, exist_ok=True)
         started = asyncio.get_running_loop().time()
         work = asyncio.create_task(self._generate(provider, spec, handle, workdir))
         watcher = asyncio.create_task(self._watch(handle))
@@ -334,6 +339,7 @@ class Worker:
             raise ProviderError("bad_output", f"the provider's output does not match: {problem}",
                                 retryable=False)
         if thumbnail is None:
+            workdir.mkdir(parents=True, exist_ok=True)
             thumbnail = make_thumbnail(video, workdir / "thumbnail.jpg")
         base = f"{spec.video_id}"
         video_url = self._media.put(video, f"{base}/video.mp4")

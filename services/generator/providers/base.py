@@ -54,6 +54,9 @@ class JobHandle(abc.ABC):
 
 class Provider(abc.ABC):
     name: str
+    #: Whether `generate` writes into its `workdir`; the directory is made only if so (a
+    #: provider that hands over files it keeps, the sandbox, saves two file system calls).
+    uses_workdir: bool = True
 
     @abc.abstractmethod
     async def generate(self, spec: JobSpec, job: JobHandle, workdir: Path) -> Output:

@@ -49,6 +49,7 @@ class SandboxProvider(Provider):
     no rendering or copying cost under load."""
 
     name = "sandbox"
+    uses_workdir = False
 
     def __init__(self, executor: Executor, cache_dir: Path) -> None:
         self._executor = executor
