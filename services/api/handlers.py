@@ -149,18 +149,36 @@ class NewVideo:
 Outcome = VideoResource | CharacterNotFound | InsufficientCredits
 
 
+class CreditsMoved(Exception):
+    """A workspace's available credits fell between reading them and reserving."""
+
+
 async def create_videos(deps: IntakeDeps, conn: Conn, items: Sequence[NewVideo]
                         ) -> list[Outcome]:
     """Create the content items, their jobs, the credit reservations and the job events of
     several requests in the caller's transaction (`conn` must be inside one), in a fixed
     number of round trips however many there are. A request that is refused creates nothing;
-    the others go ahead. Requests are served in the given order, also for credits."""
+    the others go ahead. Requests are served in the given order, also for credits.
+
+    The credits are read without a lock and reserved last, on the condition that they are
+    still there, so that the workspace rows are locked only from that statement to the
+    commit (the finalizer updates the same rows, and a workspace's requests would otherwise
+    queue behind each other's whole transactions). When the condition fails, the attempt
+    (a savepoint) is undone and the requests are decided again with the rows locked first."""
+    try:
+        async with conn.transaction():
+            return await _create_videos(deps, conn, items, lock_first=False)
+    except CreditsMoved:
+        return await _create_videos(deps, conn, items, lock_first=True)
+
+
+async def _create_videos(deps: IntakeDeps, conn: Conn, items: Sequence[NewVideo], *,
+                         lock_first: bool) -> list[Outcome]:
     outcomes: list[Outcome | None] = [None] * len(items)
     characters = await repo.characters_by_id(
         conn, ids=list({item.valid.request.character_id for item in items}))
-    # The workspaces' rows stay locked until commit: their credits are decided here.
-    available = await repo.lock_available_credits(
-        conn, workspace_ids=list({item.workspace.id for item in items}))
+    available = await repo.available_credits(
+        conn, workspace_ids=list({item.workspace.id for item in items}), lock=lock_first)
     accepted: list[tuple[int, NewVideo, asyncpg.Record]] = []
     for i, item in enumerate(items):
         character = characters.get(item.valid.request.character_id)
@@ -231,10 +249,12 @@ async def create_videos(deps: IntakeDeps, conn: Conn, items: Sequence[NewVideo]
         outcomes[i] = resource
     await repo.insert_videos(conn, videos)
     await repo.insert_jobs(conn, jobs)
-    await repo.reserve_many(conn, holds=holds)
     await outbox.enqueue_many(conn, topic=TOPIC_JOBS, events=events)
     if claims:
         await idempotency.complete_claims(conn, claims)
+    # Last: from here to the commit the workspace rows are locked.
+    if not await repo.reserve_many(conn, holds=holds, check=not lock_first):
+        raise CreditsMoved()
     return _all_decided(outcomes)
 
 

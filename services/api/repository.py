@@ -82,20 +82,28 @@ async def characters_by_id(conn: Conn, *, ids: list[UUID]) -> dict[UUID, asyncpg
     return {row["id"]: row for row in rows}
 
 
-async def lock_available_credits(conn: Conn, *, workspace_ids: list[UUID]) -> dict[UUID, int]:
-    """Each workspace's available credits, its row locked until commit (in id order, so that
-    concurrent callers cannot deadlock)."""
+async def available_credits(conn: Conn, *, workspace_ids: list[UUID],
+                            lock: bool) -> dict[UUID, int]:
+    """Each workspace's available credits; with `lock`, its row locked until commit (in id
+    order, so that concurrent callers cannot deadlock). NO KEY UPDATE, the lock an UPDATE of
+    the balance takes: FOR UPDATE would also block every foreign-key check on the workspace
+    (the finalizer's ledger rows) until this transaction ends."""
     rows = await conn.fetch(
         "SELECT id, credits_balance - credits_reserved AS available FROM workspaces"
-        " WHERE id = any($1::uuid[]) ORDER BY id FOR UPDATE", workspace_ids,
+        " WHERE id = any($1::uuid[]) ORDER BY id" + (" FOR NO KEY UPDATE" if lock else ""),
+        workspace_ids,
     )
     return {row["id"]: int(row["available"]) for row in rows}
 
 
-async def reserve_many(conn: Conn, *, holds: list[tuple[UUID, UUID, int]]) -> None:
+async def reserve_many(conn: Conn, *, holds: list[tuple[UUID, UUID, int]],
+                       check: bool) -> bool:
     """Hold credits for jobs, `(workspace_id, job_id, amount)` each, with their ledger rows.
-    The caller has checked the amounts against `lock_available_credits` in this transaction."""
-    await conn.execute(
+    With `check`, only if every workspace still has the credits available (else False, and
+    the caller must undo the statement's effects: its ledger rows are written regardless);
+    without, the caller has checked the amounts against rows it locked."""
+    workspaces = {h[0] for h in holds}
+    updated = await conn.fetch(
         """
         WITH hold AS (SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::bigint[])
                                  AS h(workspace_id, job_id, amount)),
@@ -103,11 +111,15 @@ async def reserve_many(conn: Conn, *, holds: list[tuple[UUID, UUID, int]]) -> No
             INSERT INTO credit_ledger (workspace_id, kind, amount, job_id, reason)
             SELECT workspace_id, 'reserve', amount, job_id, 'video request' FROM hold)
         UPDATE workspaces w SET credits_reserved = credits_reserved + t.total
-          FROM (SELECT workspace_id, sum(amount) AS total FROM hold GROUP BY workspace_id) t
+          FROM (SELECT workspace_id, sum(amount) AS total FROM hold GROUP BY workspace_id
+                 ORDER BY workspace_id) t
          WHERE w.id = t.workspace_id
+           AND (NOT $4 OR w.credits_balance - w.credits_reserved >= t.total)
+        RETURNING w.id
         """,
-        [h[0] for h in holds], [h[1] for h in holds], [h[2] for h in holds],
+        [h[0] for h in holds], [h[1] for h in holds], [h[2] for h in holds], check,
     )
+    return len(updated) == len(workspaces)
 
 
 async def queued_jobs(conn: Conn, *, providers: list[str]) -> dict[str, int]:
@@ -161,9 +173,14 @@ async def insert_videos(conn: Conn, rows: list[dict[str, Any]]) -> None:
 
 async def insert_jobs(conn: Conn, jobs: list[tuple[UUID, UUID, UUID, str, datetime, datetime]]
                       ) -> None:
-    """Queued jobs, `(id, video_id, workspace_id, provider, deadline_at, created_at)` each."""
-    await conn.executemany(
+    """Queued jobs, `(id, video_id, workspace_id, provider, deadline_at, created_at)` each,
+    in one statement."""
+    columns = [list(column) for column in zip(*jobs, strict=True)]
+    await conn.execute(
         "INSERT INTO jobs (id, video_id, workspace_id, state, provider, deadline_at, created_at,"
-        " updated_at) VALUES ($1, $2, $3, 'queued', $4, $5, $6, $6)",
-        jobs,
+        " updated_at) SELECT id, video_id, workspace_id, 'queued', provider, deadline_at,"
+        " created_at, created_at FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[],"
+        " $5::timestamptz[], $6::timestamptz[])"
+        " AS j(id, video_id, workspace_id, provider, deadline_at, created_at)",
+        *columns,
     )

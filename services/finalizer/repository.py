@@ -32,7 +32,7 @@ class Settlement:
 
 async def job_contexts(conn: Conn, *, job_ids: Sequence[UUID]) -> dict[UUID, asyncpg.Record]:
     """The jobs with what settling and completing them needs, their videos locked (in id
-    order) against a racing cancel."""
+    order) against a racing cancel (NO KEY UPDATE: foreign-key checks need not wait)."""
     rows = await conn.fetch(
         """
         SELECT j.id, j.video_id, j.workspace_id, v.credits_quoted, v.model_id, v.quality_tier,
@@ -40,7 +40,7 @@ async def job_contexts(conn: Conn, *, job_ids: Sequence[UUID]) -> dict[UUID, asy
           FROM jobs j JOIN videos v ON v.id = j.video_id JOIN characters c ON c.id = v.character_id
          WHERE j.id = any($1::uuid[])
          ORDER BY v.id
-           FOR UPDATE OF v
+           FOR NO KEY UPDATE OF v
         """,
         list(job_ids),
     )

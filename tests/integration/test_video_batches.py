@@ -89,6 +89,45 @@ async def test_one_batch_refuses_some_and_creates_the_others(pool: asyncpg.Pool)
             str(v.id): (str(v.job.id), v.duration_seconds) for v in created}
 
 
+async def test_credits_spent_meanwhile_are_not_spent_twice(
+    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The credits are read without a lock and reserved on the condition that they are still
+    there. Here the read is stale (30 seen, 20 left): the reservation must not go through,
+    and the batch is decided again on the locked rows."""
+    ws, character = await workspace_with_character(pool, credits=20)
+    read = api_repo.available_credits
+    locked: list[bool] = []
+
+    async def stale(conn: asyncpg.Connection, *, workspace_ids: list[UUID],
+                    lock: bool) -> dict[UUID, int]:
+        locked.append(lock)
+        found = await read(conn, workspace_ids=workspace_ids, lock=lock)
+        return found if lock else {k: v + 10 for k, v in found.items()}
+
+    monkeypatch.setattr(api_repo, "available_credits", stale)
+    deps = handlers.IntakeDeps(pool=pool, catalog=CATALOG, job_deadline=timedelta(hours=1))
+    async with pool.acquire() as conn, conn.transaction():
+        outcomes = await handlers.create_videos(
+            deps, conn, [request(ws, character, 12), request(ws, character, 12)])
+    assert locked == [False, True]
+    assert isinstance(outcomes[0], VideoResource)
+    assert isinstance(outcomes[1], handlers.InsufficientCredits)
+    assert (outcomes[1].quote, outcomes[1].available) == (12, 8)
+    async with pool.acquire() as conn:
+        # Only what the second attempt created: the first one's rows were undone.
+        assert await conn.fetchval(
+            "SELECT count(*) FROM videos WHERE workspace_id = $1", ws.id) == 1
+        assert await conn.fetchval(
+            "SELECT sum(amount) FROM credit_ledger WHERE workspace_id = $1 AND kind = 'reserve'",
+            ws.id) == 12
+        assert await conn.fetchval(
+            "SELECT credits_reserved FROM workspaces WHERE id = $1", ws.id) == 12
+        assert await conn.fetchval(
+            "SELECT count(*) FROM outbox WHERE topic = $1 AND key = $2", TOPIC_JOBS,
+            str(outcomes[0].id)) == 1
+
+
 async def test_concurrent_http_requests_share_transactions(client: Client,
                                                            pool: asyncpg.Pool) -> None:
     ws = await client.workspace(credits=10_000)
@@ -112,3 +151,34 @@ async def test_concurrent_http_requests_share_transactions(client: Client,
             headers={"Idempotency-Key": f"k-{i}"})
         assert (status, headers.get("Idempotent-Replayed")) == (202, "true")
         assert replay["id"] == results[i][1]["id"]
+
+
+async def test_video_events_one_per_changed_row_of_a_batch(pool: asyncpg.Pool) -> None:
+    """The video events (recorded by triggers) of batched writes: one per job created, one
+    per job or video whose state changed, none for other updates."""
+    ws, character = await workspace_with_character(pool, credits=1000)
+    deps = handlers.IntakeDeps(pool=pool, catalog=CATALOG, job_deadline=timedelta(hours=1))
+    async with pool.acquire() as conn, conn.transaction():
+        created = await handlers.create_videos(
+            deps, conn, [request(ws, character, 8) for _ in range(3)])
+    videos = [v.id for v in created if isinstance(v, VideoResource)]
+    jobs = [v.job.id for v in created if isinstance(v, VideoResource)]
+
+    async def events() -> list[tuple[UUID, str, int]]:
+        rows = await pool.fetch(
+            "SELECT video_id, job_state, progress FROM video_events"
+            " WHERE video_id = any($1::uuid[]) ORDER BY id", videos)
+        return [(r["video_id"], r["job_state"], r["progress"]) for r in rows]
+
+    assert await events() == [(v, "queued", 0) for v in videos]
+    await pool.execute("UPDATE jobs SET updated_at = now() WHERE id = any($1::uuid[])", jobs)
+    await pool.execute("UPDATE jobs SET progress = 40 WHERE id = any($1::uuid[])", jobs[:2])
+    await pool.execute("UPDATE videos SET status = 'generating' WHERE id = $1", videos[2])
+    later = (await events())[3:]
+    assert len(later) == 3
+    assert set(later[:2]) == {(videos[0], "queued", 40), (videos[1], "queued", 40)}
+    assert later[2] == (videos[2], "queued", 0)
+    status = await pool.fetchval(
+        "SELECT status FROM video_events WHERE video_id = $1 ORDER BY id DESC LIMIT 1",
+        videos[2])
+    assert status == "generating"
