@@ -144,6 +144,9 @@ class Worker:
         self._scratch = Path(tempfile.gettempdir()) / "influgen-jobs"
         #: providers to claim for at the next wake-up; every `poll_interval`, all of them
         self._wanted: set[str] = set()
+        #: providers whose last claim took as many jobs as it had slots for: more may wait
+        #: for a slot, so a job's end claims again (otherwise it would be a query for nothing)
+        self._waiting: set[str] = set()
         #: successes that finish together are written in one transaction
         self._successes: GroupCommit[VideoGenerationSucceeded, bool] = GroupCommit(
             self._record_successes, retry_alone=lambda exc: not isinstance(exc, UNAVAILABLE))
@@ -211,7 +214,12 @@ class Worker:
                     **({"exclude": configured} if name == _OTHER else {"provider": name}))
             except DATABASE_ERRORS as exc:
                 log.warning("claiming %s jobs failed: %r", name, exc)
+                self._waiting.add(name)
                 continue
+            if len(claimed) == free:
+                self._waiting.add(name)
+            else:
+                self._waiting.discard(name)
             for row in claimed:
                 task = asyncio.create_task(self._drive(row), name=f"job-{row['id']}")
                 active.add(task)
@@ -221,9 +229,15 @@ class Worker:
         return filled
 
     def _done(self, provider: str, task: asyncio.Task[None]) -> None:
-        self._active[provider].discard(task)
+        active = self._active[provider]
+        active.discard(task)
         self._metrics.in_flight.set(self.in_flight)
-        self.wake([provider])  # a free slot
+        # Jobs may be waiting for a slot: claim once a quarter of the slots are free (one
+        # claim for several jobs; sandbox jobs end by the thousand per second), or at the
+        # next poll, whichever comes first.
+        limit = self._cfg.limit(provider)
+        if provider in self._waiting and limit - len(active) >= max(1, limit // 4):
+            self.wake([provider])
 
     # --- one job ---------------------------------------------------------------------
 
