@@ -43,7 +43,7 @@ test-e2e: $(STAMP)
 	$(PY) -m pytest -q tests/e2e
 
 ## fault injection: three rounds of kill -9 (each service, Kafka) and PostgreSQL restarts
-## under load, then the audit; figures in bench/results/faults.json (about 6 minutes)
+## under load, then the audit; figures in bench/results/faults.json (about 2 minutes)
 test-faults: $(STAMP)
 	@bash deploy/kafka/fetch.sh >/dev/null
 	$(PY) -m tests.fault_harness --rounds 3 --out bench/results/faults.json
