@@ -6,7 +6,8 @@ events leave within milliseconds of the commit rather than after a polling inter
 One relay is active per database at a time (a session-level advisory lock); every service
 process runs one, so whichever process holds the lock relays all events, and another takes
 over within `poll_interval` when it dies. The active relay publishes a batch, waits for
-Kafka's acknowledgements, then deletes the rows.
+Kafka's acknowledgements, then deletes the rows (with the statement that reads the next
+batch: one round trip per batch).
 
 Exactly once: a relay stopped between publishing and deleting leaves rows that are already
 on Kafka. On taking the lock, a relay reads the tail of every partition of the pending rows'
@@ -125,11 +126,17 @@ class OutboxRelay:
         self._wake.set()
 
     async def _relay(self, conn: Conn, producer: AIOKafkaProducer) -> None:
+        published: list[int] = []  # acknowledged by Kafka, deleted by the next statement
         while True:
             self._wake.clear()
+            # One round trip: delete the batch Kafka has acknowledged, read the next one
+            # (the read's snapshot still holds the deleted rows, hence the NOT).
             rows = await conn.fetch(
-                "SELECT id, topic, key, payload FROM outbox ORDER BY id LIMIT $1", self._batch_size
+                "WITH published AS (DELETE FROM outbox WHERE id = any($2::bigint[]))"
+                " SELECT id, topic, key, payload FROM outbox WHERE NOT (id = any($2::bigint[]))"
+                " ORDER BY id LIMIT $1", self._batch_size, published,
             )
+            published = []
             if not rows:
                 await wait_event(self._wake, self._poll_interval)
                 continue
@@ -143,10 +150,9 @@ class OutboxRelay:
                 for row in rows
             ]
             await asyncio.gather(*sent)
-            ids = [row["id"] for row in rows]
+            published = [row["id"] for row in rows]
             if self._after_publish is not None:
-                await self._after_publish(ids)
-            await conn.execute("DELETE FROM outbox WHERE id = any($1::bigint[])", ids)
+                await self._after_publish(published)
 
     async def _recover(self, conn: Conn) -> None:
         pending = await conn.fetch("SELECT id, topic FROM outbox ORDER BY id")
