@@ -140,8 +140,8 @@ class Worker:
         self._cfg = cfg
         self._metrics = metrics or Metrics()
         self._wake = asyncio.Event()
-        #: where jobs' scratch directories go: one per job and attempt, so never shared
-        self._scratch = Path(tempfile.gettempdir()) / "influgen-jobs"
+        #: where jobs' scratch directories go (one per job and attempt): this process's own
+        self._scratch = Path(tempfile.mkdtemp(prefix="influgen-jobs-"))
         #: providers to claim for at the next wake-up; every `poll_interval`, all of them
         self._wanted: set[str] = set()
         #: providers whose last claim took as many jobs as it had slots for: more may wait
@@ -192,6 +192,7 @@ class Worker:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await self._successes.close()
+            shutil.rmtree(self._scratch, ignore_errors=True)
 
     @property
     def in_flight(self) -> int:
