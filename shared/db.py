@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
@@ -18,6 +19,12 @@ if TYPE_CHECKING:
     Conn = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
 else:
     Conn = asyncpg.Connection
+
+
+def columns(rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
+    """The columns of `rows` (tuples of equal length), one list each: the arguments of an
+    `INSERT ... SELECT * FROM unnest($1::type[], $2::type[], ...)` that writes them all."""
+    return [list(column) for column in zip(*rows, strict=True)]
 
 
 #: What a lost or restarting database raises: answer "retry later", not "bug".

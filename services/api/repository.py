@@ -9,7 +9,7 @@ from uuid import UUID
 
 import asyncpg
 
-from shared.db import Conn, one
+from shared.db import Conn, columns, one
 
 
 async def insert_workspace(
@@ -175,12 +175,11 @@ async def insert_jobs(conn: Conn, jobs: list[tuple[UUID, UUID, UUID, str, dateti
                       ) -> None:
     """Queued jobs, `(id, video_id, workspace_id, provider, deadline_at, created_at)` each,
     in one statement."""
-    columns = [list(column) for column in zip(*jobs, strict=True)]
     await conn.execute(
         "INSERT INTO jobs (id, video_id, workspace_id, state, provider, deadline_at, created_at,"
         " updated_at) SELECT id, video_id, workspace_id, 'queued', provider, deadline_at,"
         " created_at, created_at FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[],"
         " $5::timestamptz[], $6::timestamptz[])"
         " AS j(id, video_id, workspace_id, provider, deadline_at, created_at)",
-        *columns,
+        *columns(jobs),
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from typing import Any
+from uuid import UUID
 
 from services.finalizer import repository as repo
 from services.finalizer.repository import Settlement
@@ -54,15 +55,16 @@ async def finalize_many(conn: Conn, events: Sequence[GenerationOutcome],
                                  event_ids=[event.event_id for event in events])
     contexts = await repo.job_contexts(
         conn, job_ids=list({e.job_id for e in events if e.event_id in new}))
-    firsts: dict[Any, tuple[GenerationOutcome, Settlement]] = {}
+    firsts: dict[UUID, tuple[GenerationOutcome, Settlement]] = {}
     for event in events:
         ctx = contexts.get(event.job_id)
         if event.event_id in new and ctx is not None and event.job_id not in firsts:
             firsts[event.job_id] = (event, settlement(event, ctx, catalog))
     settled = await repo.settle(conn, [s for _, s in firsts.values()])
     done = [(event, s) for event, s in firsts.values() if s.job_id in settled]
-    await repo.complete_videos(conn, [s for _, s in done])
-    resources = await fetch_videos(conn, [s.video_id for _, s in done])
+    done_settlements = [s for _, s in done]
+    await repo.complete_videos(conn, done_settlements)
+    resources = await fetch_videos(conn, [s.video_id for s in done_settlements])
     completed = [
         VideoCompleted(
             event_id=completion_event_id(s.job_id, f"video.{s.status}"),
@@ -73,7 +75,7 @@ async def finalize_many(conn: Conn, events: Sequence[GenerationOutcome],
     if completed:
         await outbox.enqueue_many(conn, topic=TOPIC_COMPLETED, events=[
             (str(c.video.id), c) for c in completed])
-    await repo.update_balances(conn, [s for _, s in done])
+    await repo.update_balances(conn, done_settlements)
     return completed
 
 

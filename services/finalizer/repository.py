@@ -12,7 +12,7 @@ from uuid import UUID
 
 import asyncpg
 
-from shared.db import Conn
+from shared.db import Conn, columns
 
 
 @dataclass(frozen=True)
@@ -66,11 +66,10 @@ async def settle(conn: Conn, settlements: Sequence[Settlement]) -> set[UUID]:
                for kind, amount in (("charge", s.charge), ("release", s.reserved - s.charge))
                if amount > 0]
     if entries:
-        columns = list(zip(*entries, strict=True))
         await conn.execute(
             "INSERT INTO credit_ledger (workspace_id, kind, amount, job_id, reason)"
             " SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::uuid[], $5::text[])",
-            *(list(column) for column in columns),
+            *columns(entries),
         )
     return settled
 

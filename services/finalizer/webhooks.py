@@ -21,7 +21,7 @@ from uuid import UUID, uuid4
 import aiohttp
 import asyncpg
 
-from shared.db import DATABASE_ERRORS, Conn
+from shared.db import DATABASE_ERRORS, Conn, columns
 from shared.events import VideoCompleted
 from shared.inbox import first_deliveries
 from shared.runtime import wait_event
@@ -64,13 +64,12 @@ async def record_deliveries(conn: Conn, events: Sequence[tuple[VideoCompleted, b
             if endpoint["workspace_id"] == e.workspace_id
             and (not endpoint["event_types"] or e.event_type in endpoint["event_types"])]
     if rows:
-        columns = [list(column) for column in zip(*rows, strict=True)]
         await conn.execute(
             "INSERT INTO webhook_deliveries (id, endpoint_id, event_id, event_type, payload,"
             " give_up_at) SELECT *, now() + $6::interval FROM unnest($1::uuid[], $2::uuid[],"
             " $3::uuid[], $4::text[], $5::bytea[])"
             " ON CONFLICT (endpoint_id, event_id) DO NOTHING",
-            *columns, cfg.max_age)
+            *columns(rows), cfg.max_age)
     return len(rows)
 
 

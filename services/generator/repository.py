@@ -15,16 +15,15 @@ from shared.events import JobSpec
 _TERMINAL = ("succeeded", "failed", "canceled")
 
 
-async def accept(conn: Conn, *, specs: Sequence[JobSpec]) -> int:
+async def accept(conn: Conn, *, specs: Sequence[JobSpec]) -> None:
     """Record the job events' specs; the jobs become claimable. Jobs accepted before are left
-    as they are. Returns how many were accepted now."""
-    result: str = await conn.execute(
+    as they are."""
+    await conn.execute(
         "UPDATE jobs j SET spec = s.spec::jsonb, accepted_at = now(), updated_at = now()"
         "  FROM unnest($1::uuid[], $2::text[]) AS s(id, spec)"
         " WHERE j.id = s.id AND j.accepted_at IS NULL",
         [spec.job_id for spec in specs], [spec.model_dump_json() for spec in specs],
     )
-    return int(result.split()[-1])
 
 
 _RUNNABLE = "accepted_at IS NOT NULL AND NOT cancel_requested AND deadline_at > now()"
