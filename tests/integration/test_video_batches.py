@@ -13,6 +13,7 @@ import pytest
 
 from services.api import handlers
 from services.api import repository as api_repo
+from services.generator import repository as generator_repo
 from shared.catalog import Catalog
 from shared.events import TOPIC_JOBS, VideoResource
 from shared.settings import ROOT
@@ -155,7 +156,8 @@ async def test_concurrent_http_requests_share_transactions(client: Client,
 
 async def test_video_events_one_per_changed_row_of_a_batch(pool: asyncpg.Pool) -> None:
     """The video events (recorded by triggers) of batched writes: one per job created, one
-    per job or video whose state changed, none for other updates."""
+    per job or video whose state changed (one for a claim, which changes both), none for
+    other updates."""
     ws, character = await workspace_with_character(pool, credits=1000)
     deps = handlers.IntakeDeps(pool=pool, catalog=CATALOG, job_deadline=timedelta(hours=1))
     async with pool.acquire() as conn, conn.transaction():
@@ -173,12 +175,26 @@ async def test_video_events_one_per_changed_row_of_a_batch(pool: asyncpg.Pool) -
     assert await events() == [(v, "queued", 0) for v in videos]
     await pool.execute("UPDATE jobs SET updated_at = now() WHERE id = any($1::uuid[])", jobs)
     await pool.execute("UPDATE jobs SET progress = 40 WHERE id = any($1::uuid[])", jobs[:2])
-    await pool.execute("UPDATE videos SET status = 'generating' WHERE id = $1", videos[2])
-    later = (await events())[3:]
-    assert len(later) == 3
-    assert set(later[:2]) == {(videos[0], "queued", 40), (videos[1], "queued", 40)}
-    assert later[2] == (videos[2], "queued", 0)
-    status = await pool.fetchval(
-        "SELECT status FROM video_events WHERE video_id = $1 ORDER BY id DESC LIMIT 1",
-        videos[2])
-    assert status == "generating"
+    assert set((await events())[3:]) == {(videos[0], "queued", 40), (videos[1], "queued", 40)}
+
+    # A claim moves the job and its video in one statement: one event holding both changes
+    # (the job's trigger records it; the video's does not record it again).
+    provider = f"test-{uuid4()}"  # a provider of its own, so that the claim takes this job
+    await pool.execute("UPDATE jobs SET provider = $2, accepted_at = now() WHERE id = $1",
+                       jobs[2], provider)
+    claimed = await generator_repo.claim(pool, owner="test", limit=5, lease_seconds=30,
+                                         provider=provider)
+    assert [row["id"] for row in claimed] == [jobs[2]]
+
+    async def last_events(video: UUID) -> list[tuple[str, str, int]]:
+        rows = await pool.fetch(
+            "SELECT status, job_state, attempts FROM video_events WHERE video_id = $1"
+            " ORDER BY id", video)
+        return [(r["status"], r["job_state"], r["attempts"]) for r in rows][1:]
+
+    assert await last_events(videos[2]) == [("generating", "submitted", 1)]
+    # A change of the video alone is recorded by its own trigger.
+    await pool.execute("UPDATE videos SET status = 'ready', review_state = 'ready'"
+                       " WHERE id = $1", videos[2])
+    assert await last_events(videos[2]) == [("generating", "submitted", 1),
+                                            ("ready", "submitted", 1)]
