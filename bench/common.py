@@ -93,6 +93,27 @@ def cpu_spent(before: dict[str, float], after: dict[str, float], *, scale: float
             for name in after if name in before}
 
 
+def settle(stack: Stack, *, least: float = 30.0, most: float = 90.0,
+           window: float = 3.0) -> dict[str, Any]:
+    """Wait, after a warm-up, until the stack's idle CPU has settled, so that what follows
+    measures the steady state: the broker's JIT compiler works through its queue for tens of
+    seconds after the load that filled it (measured: the broker at a third of a core for
+    about 25 s, then a seventh; its compiler threads were 13% of the machine's CPU during a
+    200 jobs/s run that followed a warm-up at once). Waits at least `least` seconds, then
+    until a window's CPU is within a fifth of the quietest window so far, at most `most`."""
+    started = time.monotonic()
+    quietest = float("inf")
+    while True:
+        before = cpu_seconds(stack)
+        time.sleep(window)
+        busy = sum(cpu_spent(before, cpu_seconds(stack), scale=100 / window).values())
+        quietest = min(quietest, busy)
+        waited = time.monotonic() - started
+        if (waited >= least and busy <= 1.2 * quietest) or waited >= most:
+            return {"seconds": round(waited, 1),
+                    "last_window_cpu_percent_of_a_core": round(busy, 1)}
+
+
 def write_result(name: str, data: dict[str, Any], path: Path | None = None) -> Path:
     """The result as JSON, with the machine and the time: `RESULTS/<name>.json` unless
     `path` says where."""

@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from bench.common import bench_stack, cpu_seconds, cpu_spent, write_result
+from bench.common import bench_stack, cpu_seconds, cpu_spent, settle, write_result
 from devstack.stack import call_api
 from services.generator.settings import GeneratorSettings
 from shared.kafka import topic_partitions
@@ -132,16 +132,17 @@ def run() -> dict[str, Any]:
             character = call_api("POST", f"{stack.api_url}/v1/characters", ws["api_key"],
                               {"name": "Bench", "review_mode": "autopilot"})["id"]
             # Warm-up (results dropped): a thousand jobs, so that the broker's JIT compiler
-            # and the database's caches are warm; the figures are of the steady state.
+            # and the database's caches are warm, then a wait until the compiler is done
+            # with what the warm-up gave it; the figures are of the steady state.
             asyncio.run(pipeline(stack.api_url, ws["api_key"], character, stack.bootstrap,
                                  WARM_UP_RATE))
-            time.sleep(2)
+            settled = settle(stack)
             before = cpu_seconds(stack)
             time.sleep(IDLE_SECONDS)
             after = cpu_seconds(stack)
             busy = cpu_spent(before, after, scale=100 / IDLE_SECONDS, digits=1)
-            idle.append({"fetch_max_wait_ms": wait, "cpu_percent_of_a_core": {
-                **busy, "total": round(sum(busy.values()), 1)}})
+            idle.append({"fetch_max_wait_ms": wait, "settled_after_warm_up": settled,
+                         "cpu_percent_of_a_core": {**busy, "total": round(sum(busy.values()), 1)}})
             print(f"pipeline fetch_wait={wait}ms idle: {idle[-1]['cpu_percent_of_a_core']} "
                   "% of a core")
             for rate in RATES:
