@@ -36,7 +36,7 @@ from shared.catalog import Catalog
 from shared.db import DATABASE_ERRORS, create_pool, migrate
 from shared.kafka import make_broker
 from shared.outbox import OutboxRelay
-from shared.runtime import cancel, configure_logging, mark_ready, serve_until_stopped
+from shared.runtime import cancel, configure_logging, mark_ready, run, serve_until_stopped
 
 log = logging.getLogger("influgen.api")
 
@@ -129,7 +129,7 @@ async def serve(settings: ApiSettings) -> None:
 def main() -> None:
     settings = ApiSettings()
     configure_logging(settings.log_level, "api")
-    asyncio.run(serve(settings))
+    run(serve(settings))
 
 
 if __name__ == "__main__":

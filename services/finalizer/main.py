@@ -15,7 +15,7 @@ from shared.catalog import Catalog
 from shared.db import create_pool, migrate
 from shared.kafka import make_broker
 from shared.outbox import OutboxRelay
-from shared.runtime import cancel, configure_logging, mark_ready, serve_until_stopped
+from shared.runtime import cancel, configure_logging, mark_ready, run, serve_until_stopped
 
 log = logging.getLogger("influgen.finalizer")
 
@@ -62,7 +62,7 @@ async def serve(settings: FinalizerSettings) -> None:
 def main() -> None:
     settings = FinalizerSettings()
     configure_logging(settings.log_level, "finalizer")
-    asyncio.run(serve(settings))
+    run(serve(settings))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from services.generator.worker import Worker, WorkerConfig
 from shared.db import create_pool, migrate
 from shared.kafka import make_broker
 from shared.outbox import OutboxRelay
-from shared.runtime import cancel, configure_logging, mark_ready, serve_until_stopped
+from shared.runtime import cancel, configure_logging, mark_ready, run, serve_until_stopped
 
 log = logging.getLogger("influgen.generator")
 
@@ -101,7 +101,7 @@ async def serve(settings: GeneratorSettings) -> None:
 def main() -> None:
     settings = GeneratorSettings()
     configure_logging(settings.log_level, "generator")
-    asyncio.run(serve(settings))
+    run(serve(settings))
 
 
 if __name__ == "__main__":
