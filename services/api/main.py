@@ -33,6 +33,7 @@ from services.api.settings import ApiSettings
 from services.api.video_routes import routes as video_routes
 from services.api.webhook_routes import routes as webhook_routes
 from shared.catalog import Catalog
+from shared.consumer import stop_broker
 from shared.db import DATABASE_ERRORS, create_pool, migrate
 from shared.kafka import make_broker
 from shared.outbox import OutboxRelay
@@ -121,7 +122,7 @@ async def serve(settings: ApiSettings) -> None:
         log.info("api stopping")
         await runner.cleanup()
         await app[VIDEO_WRITER].close()
-        await broker.stop()
+        await stop_broker(broker)
         await cancel(*tasks)
         await pool.close()
 

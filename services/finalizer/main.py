@@ -12,6 +12,7 @@ from services.finalizer import consumer
 from services.finalizer.settings import FinalizerSettings
 from services.finalizer.webhooks import WebhookConfig, WebhookSender
 from shared.catalog import Catalog
+from shared.consumer import stop_broker
 from shared.db import create_pool, migrate
 from shared.kafka import make_broker
 from shared.outbox import OutboxRelay
@@ -53,7 +54,7 @@ async def serve(settings: FinalizerSettings) -> None:
         await serve_until_stopped(tasks)
     finally:
         log.info("finalizer stopping")
-        await broker.stop()
+        await stop_broker(broker)
         await cancel(*tasks)
         await http.close()
         await pool.close()

@@ -21,6 +21,7 @@ from services.generator.providers.builtin import LocalProvider, SandboxProvider
 from services.generator.providers.replicate import ReplicateProvider
 from services.generator.settings import GeneratorSettings
 from services.generator.worker import Worker, WorkerConfig
+from shared.consumer import stop_broker
 from shared.db import create_pool, migrate
 from shared.kafka import make_broker
 from shared.outbox import OutboxRelay
@@ -91,7 +92,7 @@ async def serve(settings: GeneratorSettings) -> None:
         await serve_until_stopped(tasks)
     finally:
         log.info("generator stopping")
-        await broker.stop()
+        await stop_broker(broker)
         await cancel(*tasks)
         executor.shutdown(cancel_futures=True)
         await http.close()

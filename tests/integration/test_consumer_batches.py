@@ -14,7 +14,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from pydantic import BaseModel, TypeAdapter
 
 from shared import consumer as batches
-from shared.consumer import Handle, apply_batch, one_by_one, subscribe
+from shared.consumer import Handle, apply_batch, one_by_one, stop_broker, subscribe
 from shared.db import Conn
 from shared.inbox import first_delivery
 from shared.kafka import make_broker
@@ -97,20 +97,30 @@ async def test_records_that_arrive_together_share_a_transaction(
 
         await eventually(all_applied, timeout=30)
         assert woken.is_set()
+        # Committed while running (every COMMIT_INTERVAL_SECONDS), not only at the stop.
+        assert await eventually(lambda: committed_everything(infra, topic, group), timeout=10)
     finally:
-        await broker.stop()
+        await stop_broker(broker)
     applied = await recorded(pool, consumer)
     assert set(applied) == {p.event_id for p in pings}
     assert len(set(applied.values())) < len(pings) / 5, "the records were applied one by one"
 
     # Every offset is committed, the malformed record's too (it went to the DLQ).
+    ends = await committed_everything(infra, topic, group)
+    assert ends is not None
+    assert sum(ends.values()) == len(pings) + 1
+
+
+async def committed_everything(infra: Infra, topic: str, group: str
+                               ) -> dict[TopicPartition, int] | None:
+    """The end offsets of both partitions of `topic` if `group` committed them, else None."""
     reader = AIOKafkaConsumer(bootstrap_servers=infra.bootstrap_servers, group_id=group,
                               enable_auto_commit=False)
     await reader.start()
     try:
         tps = [TopicPartition(topic, p) for p in (0, 1)]
         ends = await reader.end_offsets(tps)
-        assert {tp: await reader.committed(tp) for tp in tps} == ends
-        assert sum(ends.values()) == len(pings) + 1
+        committed = {tp: await reader.committed(tp) for tp in tps}
+        return ends if committed == ends else None
     finally:
         await reader.stop()

@@ -15,6 +15,7 @@ from aiokafka import AIOKafkaProducer
 
 from services.api import consumer
 from services.api.main import intake_deps
+from shared.consumer import stop_broker
 from shared.events import TOPIC_DLQ, TOPIC_REJECTED, TOPIC_REQUESTED
 from shared.kafka import make_broker
 from shared.outbox import OutboxRelay
@@ -39,7 +40,7 @@ async def intake(infra: Infra, pool: asyncpg.Pool, unique: str) -> AsyncIterator
     yield
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
-    await broker.stop()
+    await stop_broker(broker)
 
 
 async def publish(infra: Infra, *values: bytes, key: bytes = b"k") -> None:
