@@ -308,6 +308,8 @@ class Worker:
             raise ProviderError("provider_unavailable",
                                 f"no provider {spec.provider!r} is configured", retryable=False)
         output = await provider.generate(spec, handle, workdir)
+        if provider.stores_quickly:
+            return self._store(spec, output.video, output.thumbnail, workdir)
         return await asyncio.to_thread(self._store, spec, output.video, output.thumbnail,
                                        workdir)
 

@@ -57,6 +57,11 @@ class Provider(abc.ABC):
     #: Whether `generate` writes into its `workdir`; the directory is made only if so (a
     #: provider that hands over files it keeps, the sandbox, saves two file system calls).
     uses_workdir: bool = True
+    #: Whether storing the output takes only a few system calls (files the provider keeps,
+    #: with a thumbnail, linked into the store; their probe remembered): then it runs on the
+    #: event loop instead of a worker thread, whose two hand-offs of the GIL cost more on a
+    #: busy machine (sandbox at 200 jobs/s: claim to success p50 13-15 ms -> 7 ms).
+    stores_quickly: bool = False
 
     @abc.abstractmethod
     async def generate(self, spec: JobSpec, job: JobHandle, workdir: Path) -> Output:

@@ -50,6 +50,7 @@ class SandboxProvider(Provider):
 
     name = "sandbox"
     uses_workdir = False
+    stores_quickly = True
 
     def __init__(self, executor: Executor, cache_dir: Path) -> None:
         self._executor = executor
