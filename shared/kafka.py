@@ -14,8 +14,8 @@ from shared.events import ALL_TOPICS, TOPIC_DLQ, DeadLetter
 
 log = logging.getLogger(__name__)
 
-#: Consumer options every subscriber uses. The ack policy is set per subscriber
-#: (NACK_ON_ERROR): the offset is committed only after the handler's transaction committed.
+#: Consumer options every subscriber uses. Offsets are committed by shared/consumer.py, only
+#: for batches whose transaction has committed (never by aiokafka's auto-commit).
 #: Handlers only touch PostgreSQL and return in milliseconds, far below max_poll_interval_ms.
 #: With an `instance_id` (stable across restarts of one process slot, unique in the group)
 #: the consumer is a static member (KIP-345): restarted after a crash, it takes its partitions
