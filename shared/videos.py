@@ -5,21 +5,25 @@ resource has one definition."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 from uuid import UUID, uuid5
 
 from shared.db import Conn
 from shared.events import CreditsView, JobError, JobView, Media, SceneFeedback, VideoResource
 
-_SELECT = """
-SELECT v.*, j.id AS job_id, j.state AS job_state, j.attempts AS job_attempts,
+#: The columns `to_resource` reads besides `settled`, from videos `v` joined with their jobs
+#: `j`.
+COLUMNS = """v.*, j.id AS job_id, j.state AS job_state, j.attempts AS job_attempts,
        j.progress AS job_progress, j.provider AS job_provider, j.error AS job_error,
-       j.created_at AS job_created_at, s.job_id IS NOT NULL AS settled,
        CASE WHEN j.state = 'queued' THEN  -- among the jobs waiting for the same provider
            (SELECT count(*) + 1 FROM jobs q
              WHERE q.state = 'queued' AND q.provider = j.provider
                AND (q.created_at, q.id) < (j.created_at, j.id))
-       END AS queue_position
+       END AS queue_position"""
+
+_SELECT = f"""
+SELECT {COLUMNS}, s.job_id IS NOT NULL AS settled
   FROM videos v
   JOIN jobs j ON j.video_id = v.id
   LEFT JOIN settlements s ON s.job_id = j.id
@@ -70,6 +74,17 @@ def to_resource(row: Any) -> VideoResource:
         updated_at=row["updated_at"],
         completed_at=row["completed_at"],
     )
+
+
+def completed_resource(row: Any, *, status: str, review_state: str | None,
+                       media: dict[str, Any] | None, charged: int, at: datetime) -> VideoResource:
+    """The resource of a video (`row` with `COLUMNS`, read in the same transaction) as it
+    reads once the finalizer's completion of it commits: settled, in its final state, with
+    `completed_at` and `updated_at` at `at` (the transaction's `now()`)."""
+    return to_resource({
+        **row, "status": status, "review_state": review_state, "media": media,
+        "credits_charged": charged, "completed_at": at, "updated_at": at, "settled": True,
+    })
 
 
 async def fetch_video(

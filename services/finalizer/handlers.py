@@ -1,7 +1,7 @@
 """The finalizer's use case: turn generation outcomes into the videos' final states, their
 credit settlements and their completion events, in the caller's transaction, exactly once.
 
-A batch of outcomes is applied with a fixed number of statements, whatever its size."""
+A batch of outcomes is applied with two statements, whatever its size."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from uuid import UUID
 
 from services.finalizer import repository as repo
 from services.finalizer.repository import Settlement
-from shared import outbox
 from shared.catalog import Catalog
 from shared.db import Conn
 from shared.events import (
@@ -21,8 +20,7 @@ from shared.events import (
     VideoGenerationFailed,
     VideoGenerationSucceeded,
 )
-from shared.inbox import first_deliveries
-from shared.videos import completion_event_id, fetch_videos
+from shared.videos import completed_resource, completion_event_id
 
 CONSUMER = "finalizer"
 GenerationOutcome = VideoGenerationSucceeded | VideoGenerationFailed
@@ -30,19 +28,21 @@ GenerationOutcome = VideoGenerationSucceeded | VideoGenerationFailed
 
 def settlement(event: GenerationOutcome, ctx: Any, catalog: Catalog) -> Settlement:
     """What the outcome does: the charge (the model's rate times the delivered duration,
-    at most the reservation; nothing for a failure) and the video's final state."""
+    at most the reservation; nothing for a failure) and the video's final state. `ctx` is
+    the job's row from `first_outcomes` (the video's own id and workspace, whatever the
+    event says)."""
     reserved = ctx["credits_quoted"]
     if isinstance(event, VideoGenerationSucceeded):
         model = catalog.get(ctx["model_id"])
         rate = model.tiers[ctx["quality_tier"]].credits_per_second if model else 0.0
         charge = min(reserved, math.ceil(rate * event.media.duration_seconds - 1e-9))
         state = "approved" if ctx["review_mode"] == "autopilot" else "ready"
-        return Settlement(job_id=event.job_id, video_id=event.video_id,
+        return Settlement(job_id=event.job_id, video_id=ctx["id"],
                           workspace_id=ctx["workspace_id"], outcome="succeeded",
                           reserved=reserved, charge=charge, status=state, review_state=state,
                           media=event.media.model_dump(mode="json"))
     outcome = "canceled" if event.canceled else "failed"
-    return Settlement(job_id=event.job_id, video_id=event.video_id,
+    return Settlement(job_id=event.job_id, video_id=ctx["id"],
                       workspace_id=ctx["workspace_id"], outcome=outcome, reserved=reserved,
                       charge=0, status=outcome, review_state=None, media=None)
 
@@ -50,33 +50,25 @@ def settlement(event: GenerationOutcome, ctx: Any, catalog: Catalog) -> Settleme
 async def finalize_many(conn: Conn, events: Sequence[GenerationOutcome],
                         catalog: Catalog) -> list[VideoCompleted]:
     """Apply the events in order; the completion events they produced (an event seen
-    before, of an unknown job, or of a job already settled produces none)."""
-    new = await first_deliveries(conn, consumer=CONSUMER,
-                                 event_ids=[event.event_id for event in events])
-    contexts = await repo.job_contexts(
-        conn, job_ids=list({e.job_id for e in events if e.event_id in new}))
-    firsts: dict[UUID, tuple[GenerationOutcome, Settlement]] = {}
+    before, of an unknown job, or of a job already settled produces none). Two round trips
+    whatever the batch's size: the inbox with what the jobs' settlement needs, then every
+    effect at once."""
+    rows = await repo.first_outcomes(
+        conn, consumer=CONSUMER, events=[(event.event_id, event.job_id) for event in events])
+    firsts: dict[UUID, tuple[Settlement, VideoCompleted]] = {}
     for event in events:
-        ctx = contexts.get(event.job_id)
-        if event.event_id in new and ctx is not None and event.job_id not in firsts:
-            firsts[event.job_id] = (event, settlement(event, ctx, catalog))
-    settled = await repo.settle(conn, [s for _, s in firsts.values()])
-    done = [(event, s) for event, s in firsts.values() if s.job_id in settled]
-    done_settlements = [s for _, s in done]
-    await repo.complete_videos(conn, done_settlements)
-    resources = await fetch_videos(conn, [s.video_id for s in done_settlements])
-    completed = [
-        VideoCompleted(
+        row = rows.get(event.event_id)
+        if row is None or event.job_id in firsts:
+            continue
+        s = settlement(event, row, catalog)
+        firsts[event.job_id] = (s, VideoCompleted(
             event_id=completion_event_id(s.job_id, f"video.{s.status}"),
             event_type=f"video.{s.status}", workspace_id=s.workspace_id,
-            correlation_id=event.correlation_id, video=resources[s.video_id])
-        for event, s in done
-    ]
-    if completed:
-        await outbox.enqueue_many(conn, topic=TOPIC_COMPLETED, events=[
-            (str(c.video.id), c) for c in completed])
-    await repo.update_balances(conn, done_settlements)
-    return completed
+            correlation_id=event.correlation_id,
+            video=completed_resource(row, status=s.status, review_state=s.review_state,
+                                     media=s.media, charged=s.charge, at=row["now"])))
+    settled = await repo.settle(conn, list(firsts.values()), topic=TOPIC_COMPLETED)
+    return [completed for s, completed in firsts.values() if s.job_id in settled]
 
 
 async def finalize(conn: Conn, event: GenerationOutcome,

@@ -1,10 +1,9 @@
 """SQL of the finalizer: settlement (once per job, by primary key) and video completion, a
-batch of jobs per statement."""
+batch of jobs per statement, two statements per batch."""
 
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -12,7 +11,10 @@ from uuid import UUID
 
 import asyncpg
 
-from shared.db import Conn, columns
+from shared.db import Conn
+from shared.events import VideoCompleted
+from shared.outbox import NOTIFY_CHANNEL
+from shared.videos import COLUMNS
 
 
 @dataclass(frozen=True)
@@ -30,81 +32,87 @@ class Settlement:
     media: dict[str, Any] | None
 
 
-async def job_contexts(conn: Conn, *, job_ids: Sequence[UUID]) -> dict[UUID, asyncpg.Record]:
-    """The jobs with what settling and completing them needs, their videos locked (in id
-    order) against a racing cancel (NO KEY UPDATE: foreign-key checks need not wait)."""
+async def first_outcomes(conn: Conn, *, consumer: str,
+                         events: Sequence[tuple[UUID, UUID]]) -> dict[UUID, asyncpg.Record]:
+    """Record `(event_id, job_id)` events in the inbox; for each delivered for the first time
+    whose job exists, by event id: its video and job (`shared.videos.COLUMNS`), the
+    character's `review_mode` and the transaction's `now`. The videos are locked (in id
+    order) against a racing cancel (NO KEY UPDATE: foreign-key checks need not wait).
+    One round trip."""
     rows = await conn.fetch(
-        """
-        SELECT j.id, j.video_id, j.workspace_id, v.credits_quoted, v.model_id, v.quality_tier,
-               v.status, c.review_mode
-          FROM jobs j JOIN videos v ON v.id = j.video_id JOIN characters c ON c.id = v.character_id
-         WHERE j.id = any($1::uuid[])
+        f"""
+        WITH new AS (
+            INSERT INTO inbox (consumer, event_id) SELECT $1, unnest($2::uuid[])
+            ON CONFLICT DO NOTHING RETURNING event_id)
+        SELECT e.event_id, {COLUMNS}, c.review_mode, now() AS now
+          FROM unnest($2::uuid[], $3::uuid[]) AS e(event_id, job_id)
+          JOIN new USING (event_id)
+          JOIN jobs j ON j.id = e.job_id
+          JOIN videos v ON v.id = j.video_id
+          JOIN characters c ON c.id = v.character_id
          ORDER BY v.id
            FOR NO KEY UPDATE OF v
         """,
-        list(job_ids),
+        consumer, [event_id for event_id, _ in events], [job_id for _, job_id in events],
     )
-    return {row["id"]: row for row in rows}
+    return {row["event_id"]: row for row in rows}
 
 
-async def settle(conn: Conn, settlements: Sequence[Settlement]) -> set[UUID]:
-    """Record each job's settlement and its ledger entries (charge `charge` of the
-    reservation, release the rest); the jobs settled now (a job settled before is left as it
-    is: the first terminal state wins). The balances follow with `update_balances`."""
+async def settle(conn: Conn, settlements: Sequence[tuple[Settlement, VideoCompleted]],
+                 *, topic: str) -> set[UUID]:
+    """Settle jobs, each with the completion event it produces, in one statement; the jobs
+    settled now (a job settled before is left as it is: the first terminal state wins). For
+    each of them: the settlement; the ledger entries (charge `charge` of the reservation,
+    release the rest); the video's final state; the event, into the outbox (as
+    `shared.outbox.enqueue_many` writes it, with its wake-up signal); and the credits out of
+    the workspace's balance and reservation. Call last in the transaction: the workspace
+    rows stay locked until commit, and intake needs them for every new request (they are
+    updated in id order, as intake locks them)."""
     if not settlements:
         return set()
     rows = await conn.fetch(
-        "INSERT INTO settlements (job_id, outcome, charged, released)"
-        " SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::bigint[])"
-        " ON CONFLICT (job_id) DO NOTHING RETURNING job_id",
-        [s.job_id for s in settlements], [s.outcome for s in settlements],
-        [s.charge for s in settlements], [s.reserved - s.charge for s in settlements],
-    )
-    settled = {row["job_id"] for row in rows}
-    entries = [(s.workspace_id, kind, amount, s.job_id, f"{s.outcome} job")
-               for s in settlements if s.job_id in settled
-               for kind, amount in (("charge", s.charge), ("release", s.reserved - s.charge))
-               if amount > 0]
-    if entries:
-        await conn.execute(
-            "INSERT INTO credit_ledger (workspace_id, kind, amount, job_id, reason)"
-            " SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::uuid[], $5::text[])",
-            *columns(entries),
-        )
-    return settled
-
-
-async def update_balances(conn: Conn, settled: Sequence[Settlement]) -> None:
-    """Move the settled jobs' credits out of the workspaces' balances and reservations. Call
-    last in the transaction: the workspace rows stay locked until commit, and intake needs
-    them for every new request."""
-    totals: dict[UUID, list[int]] = defaultdict(lambda: [0, 0])
-    for s in settled:
-        totals[s.workspace_id][0] += s.charge
-        totals[s.workspace_id][1] += s.reserved
-    for workspace_id in sorted(totals):  # in id order, as intake locks them
-        charged, reserved = totals[workspace_id]
-        await conn.execute(
-            "UPDATE workspaces SET credits_balance = credits_balance - $2,"
-            " credits_reserved = credits_reserved - $3 WHERE id = $1",
-            workspace_id, charged, reserved,
-        )
-
-
-async def complete_videos(conn: Conn, settlements: Sequence[Settlement]) -> None:
-    if not settlements:
-        return
-    await conn.execute(
         """
-        UPDATE videos v SET status = s.status, review_state = s.review_state,
-                            media = s.media::jsonb, credits_charged = s.charged,
-                            completed_at = now(), updated_at = now()
-          FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bigint[])
-               AS s(id, status, review_state, media, charged)
-         WHERE v.id = s.id
+        WITH s AS (
+            SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::bigint[],
+                                 $6::bigint[], $7::text[], $8::text[], $9::text[],
+                                 $10::uuid[], $11::bytea[]) WITH ORDINALITY
+                AS s(job_id, video_id, workspace_id, outcome, charged, reserved, status,
+                     review_state, media, event_id, payload, n)),
+        settled AS (
+            INSERT INTO settlements (job_id, outcome, charged, released)
+            SELECT job_id, outcome, charged, reserved - charged FROM s ORDER BY n
+            ON CONFLICT (job_id) DO NOTHING RETURNING job_id),
+        done AS (SELECT s.* FROM s JOIN settled USING (job_id)),
+        ledger AS (
+            INSERT INTO credit_ledger (workspace_id, kind, amount, job_id, reason)
+            SELECT d.workspace_id, e.kind, e.amount, d.job_id, d.outcome || ' job'
+              FROM done d CROSS JOIN LATERAL (VALUES (1, 'charge', d.charged),
+                                                     (2, 'release', d.reserved - d.charged))
+                   AS e(k, kind, amount)
+             WHERE e.amount > 0 ORDER BY d.n, e.k),
+        completed AS (
+            UPDATE videos v SET status = d.status, review_state = d.review_state,
+                                media = d.media::jsonb, credits_charged = d.charged,
+                                completed_at = now(), updated_at = now()
+              FROM done d WHERE v.id = d.video_id),
+        events AS (
+            INSERT INTO outbox (topic, key, event_id, payload)
+            SELECT $12, d.video_id::text, d.event_id, d.payload FROM done d ORDER BY d.n),
+        balances AS (
+            UPDATE workspaces w SET credits_balance = credits_balance - t.charged,
+                                    credits_reserved = credits_reserved - t.reserved
+              FROM (SELECT workspace_id, sum(charged) AS charged, sum(reserved) AS reserved
+                      FROM done GROUP BY workspace_id ORDER BY workspace_id) t
+             WHERE w.id = t.workspace_id)
+        SELECT job_id, pg_notify($13, '') FROM done
         """,
-        [s.video_id for s in settlements], [s.status for s in settlements],
-        [s.review_state for s in settlements],
-        [json.dumps(s.media) if s.media is not None else None for s in settlements],
-        [s.charge for s in settlements],
+        [s.job_id for s, _ in settlements], [s.video_id for s, _ in settlements],
+        [s.workspace_id for s, _ in settlements], [s.outcome for s, _ in settlements],
+        [s.charge for s, _ in settlements], [s.reserved for s, _ in settlements],
+        [s.status for s, _ in settlements], [s.review_state for s, _ in settlements],
+        [json.dumps(s.media) if s.media is not None else None for s, _ in settlements],
+        [event.event_id for _, event in settlements],
+        [event.model_dump_json().encode() for _, event in settlements],
+        topic, NOTIFY_CHANNEL,
     )
+    return {row["job_id"] for row in rows}

@@ -147,6 +147,40 @@ async def test_a_batch_applies_each_outcome_as_alone(pool: asyncpg.Pool) -> None
     assert await ledger_holds(pool, poor.id) == {"balance": 48, "reserved": 0}
 
 
+async def test_a_batch_takes_two_statements_whatever_its_size(pool: asyncpg.Pool) -> None:
+    """The finalizer's cost per batch is fixed: the inbox with the jobs' rows, then every
+    effect at once (a statement per item would multiply the round trips under load)."""
+    ws = await new_workspace(pool, 1000)
+    queries: list[str] = []
+
+    def log(record: Any) -> None:
+        queries.append(record.query)
+
+    for size in (1, 6):
+        jobs = [await request_video(pool, ws, 10) for _ in range(size)]
+        batch = [succeeded(ws.id, video, job, 9.0) for video, job, _ in jobs]
+        queries.clear()
+        async with pool.acquire() as conn, conn.transaction():
+            conn.add_query_logger(log)
+            completed = await finalize_many(conn, batch, CATALOG)
+            conn.remove_query_logger(log)
+        assert len(completed) == size
+        assert len(queries) == 2, queries
+    assert await ledger_holds(pool, ws.id) == {"balance": 1000 - 7 * 9, "reserved": 0}
+
+
+async def test_the_job_decides_which_video_an_outcome_completes(pool: asyncpg.Pool) -> None:
+    """An event naming its job with another video id (a producer's bug) completes the job's
+    own video, and the event says so, rather than failing on every redelivery."""
+    ws = await new_workspace(pool, 100)
+    video, job, _ = await request_video(pool, ws, 10)
+    completed = await apply(pool, succeeded(ws.id, uuid4(), job, 8.0))
+    assert completed is not None
+    assert completed.video.id == video
+    assert await pool.fetchval("SELECT status FROM videos WHERE id = $1", video) == "ready"
+    assert await ledger_holds(pool, ws.id) == {"balance": 92, "reserved": 0}
+
+
 @pytest.mark.parametrize("round_", range(5))
 async def test_cancel_racing_success_settles_once(pool: asyncpg.Pool, round_: int) -> None:
     ws = await new_workspace(pool, 100)
