@@ -23,10 +23,14 @@ async def first_deliveries(conn: Conn, *, consumer: str,
     """Record the events in one statement; the ids this consumer had not processed yet.
 
     Call inside the transaction that applies the events' effects."""
-    rows = await conn.fetch(
-        "INSERT INTO inbox (consumer, event_id) SELECT $1, unnest($2::uuid[])"
-        " ON CONFLICT DO NOTHING RETURNING event_id",
-        consumer,
-        list(event_ids),
-    )
+    rows = await conn.fetch(record("$1", "$2"), consumer, list(event_ids))
     return {row["event_id"] for row in rows}
+
+
+def record(consumer: str, event_ids: str) -> str:
+    """The inbox insert as the body of a data-modifying CTE, for statements that record
+    events and apply their effects in one round trip: `consumer` and `event_ids` (a uuid
+    array) are placeholders; it returns the `event_id`s seen for the first time."""
+    return ("INSERT INTO inbox (consumer, event_id)"
+            f" SELECT {consumer}, unnest({event_ids}::uuid[])"
+            " ON CONFLICT DO NOTHING RETURNING event_id")

@@ -52,8 +52,9 @@ async def enqueue_many(
     """Add `(key, event)` pairs to the outbox in one statement, with one wake-up signal
     (delivered at commit); call inside the transaction of the effects they report."""
     await conn.execute(
-        "WITH row AS (INSERT INTO outbox (topic, key, event_id, payload)"
-        " SELECT $1, * FROM unnest($2::text[], $3::uuid[], $4::bytea[]))"
+        "WITH e AS (SELECT * FROM unnest($2::text[], $3::uuid[], $4::bytea[])"
+        " WITH ORDINALITY AS e(key, event_id, payload, n)),"
+        f" row AS ({insert_from('e', topic='$1')})"
         " SELECT pg_notify($5, '')",
         topic,
         [key for key, _ in events],
@@ -61,6 +62,16 @@ async def enqueue_many(
         [event.model_dump_json().encode() for _, event in events],
         NOTIFY_CHANNEL,
     )
+
+
+def insert_from(rows: str, *, topic: str) -> str:
+    """The outbox insert as the body of a data-modifying CTE, for statements that write
+    events together with their effects in one round trip: `rows` is a relation with the
+    columns `key`, `event_id`, `payload` (the event's JSON) and `n` (their order), `topic`
+    the topic's placeholder. Such a statement must also wake the relay, with
+    `pg_notify(NOTIFY_CHANNEL, '')`, when it inserts a row."""
+    return ("INSERT INTO outbox (topic, key, event_id, payload)"
+            f" SELECT {topic}, key, event_id, payload FROM {rows} ORDER BY n")
 
 
 class OutboxRelay:

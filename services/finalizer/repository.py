@@ -11,9 +11,9 @@ from uuid import UUID
 
 import asyncpg
 
+from shared import inbox, outbox
 from shared.db import Conn
 from shared.events import VideoCompleted
-from shared.outbox import NOTIFY_CHANNEL
 from shared.videos import COLUMNS
 
 
@@ -41,9 +41,7 @@ async def first_outcomes(conn: Conn, *, consumer: str,
     One round trip."""
     rows = await conn.fetch(
         f"""
-        WITH new AS (
-            INSERT INTO inbox (consumer, event_id) SELECT $1, unnest($2::uuid[])
-            ON CONFLICT DO NOTHING RETURNING event_id)
+        WITH new AS ({inbox.record("$1", "$2")})
         SELECT e.event_id, {COLUMNS}, c.review_mode, now() AS now
           FROM unnest($2::uuid[], $3::uuid[]) AS e(event_id, job_id)
           JOIN new USING (event_id)
@@ -71,7 +69,7 @@ async def settle(conn: Conn, settlements: Sequence[tuple[Settlement, VideoComple
     if not settlements:
         return set()
     rows = await conn.fetch(
-        """
+        f"""
         WITH s AS (
             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::bigint[],
                                  $6::bigint[], $7::text[], $8::text[], $9::text[],
@@ -95,9 +93,8 @@ async def settle(conn: Conn, settlements: Sequence[tuple[Settlement, VideoComple
                                 media = d.media::jsonb, credits_charged = d.charged,
                                 completed_at = now(), updated_at = now()
               FROM done d WHERE v.id = d.video_id),
-        events AS (
-            INSERT INTO outbox (topic, key, event_id, payload)
-            SELECT $12, d.video_id::text, d.event_id, d.payload FROM done d ORDER BY d.n),
+        events AS ({outbox.insert_from(
+            "(SELECT video_id::text AS key, event_id, payload, n FROM done)", topic="$12")}),
         balances AS (
             UPDATE workspaces w SET credits_balance = credits_balance - t.charged,
                                     credits_reserved = credits_reserved - t.reserved
@@ -113,6 +110,6 @@ async def settle(conn: Conn, settlements: Sequence[tuple[Settlement, VideoComple
         [json.dumps(s.media) if s.media is not None else None for s, _ in settlements],
         [event.event_id for _, event in settlements],
         [event.model_dump_json().encode() for _, event in settlements],
-        topic, NOTIFY_CHANNEL,
+        topic, outbox.NOTIFY_CHANNEL,
     )
     return {row["job_id"] for row in rows}

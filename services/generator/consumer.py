@@ -16,20 +16,15 @@ from services.generator.worker import Worker
 from shared.consumer import subscribe
 from shared.db import Conn
 from shared.events import TOPIC_JOBS, VideoJobQueued
-from shared.inbox import first_deliveries
 
 CONSUMER = "generator"
 
 
 async def accept_jobs(conn: Conn, events: Sequence[tuple[VideoJobQueued, bytes]]) -> set[str]:
-    """Accept the jobs of the events this consumer has not seen yet, in two statements;
-    the providers of the jobs accepted."""
-    new = await first_deliveries(conn, consumer=CONSUMER,
-                                 event_ids=[event.event_id for event, _ in events])
-    specs = {e.job.job_id: e.job for e, _ in events if e.event_id in new}
-    if specs:
-        await repo.accept(conn, specs=list(specs.values()))
-    return {spec.provider for spec in specs.values()}
+    """Accept the jobs of the events this consumer has not seen yet, in one statement; the
+    providers of the jobs accepted."""
+    return await repo.accept(conn, consumer=CONSUMER,
+                             events=[(event.event_id, event.job) for event, _ in events])
 
 
 def register(broker: KafkaBroker, *, pool: asyncpg.Pool, worker: Worker, group_id: str,

@@ -9,21 +9,31 @@ from uuid import UUID
 
 import asyncpg
 
+from shared import inbox, outbox
 from shared.db import Conn
-from shared.events import JobSpec
+from shared.events import TOPIC_GENERATED, JobSpec, VideoGenerationSucceeded
 
 _TERMINAL = ("succeeded", "failed", "canceled")
 
 
-async def accept(conn: Conn, *, specs: Sequence[JobSpec]) -> None:
-    """Record the job events' specs; the jobs become claimable. Jobs accepted before are left
-    as they are."""
-    await conn.execute(
-        "UPDATE jobs j SET spec = s.spec::jsonb, accepted_at = now(), updated_at = now()"
-        "  FROM unnest($1::uuid[], $2::text[]) AS s(id, spec)"
-        " WHERE j.id = s.id AND j.accepted_at IS NULL",
-        [spec.job_id for spec in specs], [spec.model_dump_json() for spec in specs],
+async def accept(conn: Conn, *, consumer: str,
+                 events: Sequence[tuple[UUID, JobSpec]]) -> set[str]:
+    """Record `(event_id, spec)` job events in `consumer`'s inbox and the specs of those
+    seen for the first time on their jobs, which become claimable (a job accepted before
+    is left as it is); one statement. The providers of the jobs accepted now."""
+    rows = await conn.fetch(
+        f"""
+        WITH new AS ({inbox.record("$1", "$2")})
+        UPDATE jobs j SET spec = s.spec::jsonb, accepted_at = now(), updated_at = now()
+          FROM unnest($2::uuid[], $3::uuid[], $4::text[]) AS s(event_id, id, spec)
+         WHERE s.event_id IN (SELECT event_id FROM new) AND j.id = s.id
+           AND j.accepted_at IS NULL
+        RETURNING j.provider
+        """,
+        consumer, [event_id for event_id, _ in events],
+        [spec.job_id for _, spec in events], [spec.model_dump_json() for _, spec in events],
     )
+    return {row["provider"] for row in rows}
 
 
 _RUNNABLE = "accepted_at IS NOT NULL AND NOT cancel_requested AND deadline_at > now()"
@@ -118,21 +128,42 @@ async def set_provider_job(
     )
 
 
+_FINISH = """
+    UPDATE jobs SET state = $3, error = $4, finished_at = now(), updated_at = now(),
+                    progress = CASE WHEN $3 = 'succeeded' THEN 100 ELSE progress END,
+                    lease_owner = NULL, lease_expires_at = NULL
+     WHERE id = any($1::uuid[]) AND lease_owner = $2
+       AND state IN ('submitted', 'running')
+    RETURNING id"""
+
+
 async def finish(
     conn: Conn, *, job_ids: Sequence[UUID], owner: str, state: str,
     error: dict[str, Any] | None = None,
 ) -> set[UUID]:
     """Move the jobs to a terminal state, those this process still holds; their ids."""
+    rows = await conn.fetch(_FINISH, list(job_ids), owner, state, error)
+    return {row["id"] for row in rows}
+
+
+async def succeed(conn: Conn | asyncpg.Pool, *, owner: str,
+                  events: Sequence[VideoGenerationSucceeded]) -> set[UUID]:
+    """End the events' jobs as succeeded, those this process still holds, and put their
+    events into the outbox; one statement (atomic without a transaction of its own). The
+    ids of the jobs ended."""
     rows = await conn.fetch(
-        """
-        UPDATE jobs SET state = $3, error = $4, finished_at = now(), updated_at = now(),
-                        progress = CASE WHEN $3 = 'succeeded' THEN 100 ELSE progress END,
-                        lease_owner = NULL, lease_expires_at = NULL
-         WHERE id = any($1::uuid[]) AND lease_owner = $2
-           AND state IN ('submitted', 'running')
-        RETURNING id
+        f"""
+        WITH done AS ({_FINISH}),
+        e AS (SELECT * FROM unnest($1::uuid[], $5::text[], $6::uuid[], $7::bytea[])
+                  WITH ORDINALITY AS e(job_id, key, event_id, payload, n)
+               WHERE job_id IN (SELECT id FROM done)),
+        events AS ({outbox.insert_from("e", topic="$8")})
+        SELECT id, pg_notify($9, '') FROM done
         """,
-        list(job_ids), owner, state, error,
+        [e.job_id for e in events], owner, "succeeded", None,
+        [str(e.video_id) for e in events], [e.event_id for e in events],
+        [e.model_dump_json().encode() for e in events], TOPIC_GENERATED,
+        outbox.NOTIFY_CHANNEL,
     )
     return {row["id"] for row in rows}
 

@@ -375,14 +375,9 @@ class Worker:
         log.info("job %s succeeded: %s", spec.job_id, media.video_url)
 
     async def _record_successes(self, events: list[VideoGenerationSucceeded]) -> list[bool]:
-        """End the jobs as succeeded and enqueue their events, in one transaction; for each,
+        """End the jobs as succeeded and enqueue their events, in one statement; for each,
         whether this process still held it."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            done = await repo.finish(conn, job_ids=[e.job_id for e in events],
-                                     owner=self._cfg.owner, state="succeeded")
-            if done:
-                await outbox.enqueue_many(conn, topic=TOPIC_GENERATED, events=[
-                    (str(e.video_id), e) for e in events if e.job_id in done])
+        done = await repo.succeed(self._pool, owner=self._cfg.owner, events=events)
         return [e.job_id in done for e in events]
 
     async def _end(self, spec: JobSpec, workspace_id: UUID, state: str, error: JobError) -> None:

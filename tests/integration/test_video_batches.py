@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import timedelta
+from typing import Any
 from uuid import UUID, uuid4
 
 import asyncpg
@@ -15,7 +16,14 @@ from services.api import handlers
 from services.api import repository as api_repo
 from services.generator import repository as generator_repo
 from shared.catalog import Catalog
-from shared.events import TOPIC_JOBS, VideoResource
+from shared.events import (
+    TOPIC_GENERATED,
+    TOPIC_JOBS,
+    Media,
+    VideoGenerationSucceeded,
+    VideoJobQueued,
+    VideoResource,
+)
 from shared.settings import ROOT
 from shared.videos import fetch_video
 from tests.integration.conftest import Client
@@ -198,3 +206,62 @@ async def test_video_events_one_per_changed_row_of_a_batch(pool: asyncpg.Pool) -
                        " WHERE id = $1", videos[2])
     assert await last_events(videos[2]) == [("generating", "submitted", 1),
                                             ("ready", "submitted", 1)]
+
+
+async def test_generator_accepts_and_succeeds_jobs_in_one_statement_each(
+        pool: asyncpg.Pool) -> None:
+    """The generator's two hot writes: accepting job events (inbox and specs) and ending
+    jobs as succeeded (the jobs and their events into the outbox). One statement each,
+    whatever the batch's size; a redelivered event accepts nothing again, and only the
+    jobs the process still holds are ended, with an event each."""
+    ws, character = await workspace_with_character(pool, credits=1000)
+    deps = handlers.IntakeDeps(pool=pool, catalog=CATALOG, job_deadline=timedelta(hours=1))
+    async with pool.acquire() as conn, conn.transaction():
+        created = await handlers.create_videos(
+            deps, conn, [request(ws, character, 8) for _ in range(3)])
+    videos = [v for v in created if isinstance(v, VideoResource)]
+    payloads = await pool.fetch(
+        "SELECT payload FROM outbox WHERE topic = $1 AND key = any($2::text[]) ORDER BY id",
+        TOPIC_JOBS, [str(v.id) for v in videos])
+    events = [VideoJobQueued.model_validate_json(bytes(row["payload"])) for row in payloads]
+    queries: list[str] = []
+
+    def log(record: Any) -> None:
+        queries.append(record.query)
+
+    async with pool.acquire() as conn:
+        conn.add_query_logger(log)
+        accepted = await generator_repo.accept(
+            conn, consumer="test", events=[(e.event_id, e.job) for e in events])
+        again = await generator_repo.accept(
+            conn, consumer="test", events=[(e.event_id, e.job) for e in events])
+        await asyncio.sleep(0)  # the query logger is called soon after each query
+        assert (accepted, again, len(queries)) == ({"local"}, set(), 2)
+        assert await conn.fetchval(
+            "SELECT count(*) FROM jobs WHERE id = any($1::uuid[]) AND accepted_at IS NOT NULL"
+            " AND spec IS NOT NULL", [e.job.job_id for e in events]) == 3
+
+        # Two jobs held by this process, one by another.
+        jobs = [e.job.job_id for e in events]
+        await conn.execute(
+            "UPDATE jobs SET state = 'running', lease_owner = CASE WHEN id = $2 THEN 'other'"
+            " ELSE 'me' END, lease_expires_at = now() + interval '1 minute'"
+            " WHERE id = any($1::uuid[])", jobs, jobs[2])
+        media = Media(video_url="http://x/v.mp4", thumbnail_url="http://x/t.jpg",
+                      duration_seconds=8.0, aspect_ratio="9:16", width=720, height=1280)
+        outcomes = [VideoGenerationSucceeded(
+            workspace_id=ws.id, correlation_id="t", job_id=e.job.job_id,
+            video_id=e.job.video_id, provider="local", media=media) for e in events]
+        await asyncio.sleep(0)
+        queries.clear()
+        assert await generator_repo.succeed(conn, owner="me", events=outcomes) == set(jobs[:2])
+        await asyncio.sleep(0)
+        assert len(queries) == 1
+        states = await conn.fetch("SELECT id, state FROM jobs WHERE id = any($1::uuid[])", jobs)
+        assert {r["id"]: r["state"] for r in states} == {
+            jobs[0]: "succeeded", jobs[1]: "succeeded", jobs[2]: "running"}
+        sent = await conn.fetch(
+            "SELECT key, event_id FROM outbox WHERE topic = $1 AND key = any($2::text[])"
+            " ORDER BY id", TOPIC_GENERATED, [str(v.id) for v in videos])
+        assert [(r["key"], r["event_id"]) for r in sent] == [
+            (str(o.video_id), o.event_id) for o in outcomes[:2]]
