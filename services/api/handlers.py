@@ -23,7 +23,6 @@ from shared.db import UNAVAILABLE, Conn
 from shared.events import (
     FINAL_STATUSES,
     TOPIC_COMPLETED,
-    TOPIC_JOBS,
     TOPIC_REJECTED,
     FieldError,
     JobSpec,
@@ -174,14 +173,20 @@ async def create_videos(deps: IntakeDeps, conn: Conn, items: Sequence[NewVideo]
 
 async def _create_videos(deps: IntakeDeps, conn: Conn, items: Sequence[NewVideo], *,
                          lock_first: bool) -> list[Outcome]:
+    """Two statements, whatever the number of items; one more with idempotency keys, one
+    more with `lock_first`."""
     outcomes: list[Outcome | None] = [None] * len(items)
-    characters = await repo.characters_by_id(
-        conn, ids=list({item.valid.request.character_id for item in items}))
-    available = await repo.available_credits(
-        conn, workspace_ids=list({item.workspace.id for item in items}), lock=lock_first)
-    accepted: list[tuple[int, NewVideo, asyncpg.Record]] = []
-    for i, item in enumerate(items):
-        character = characters.get(item.valid.request.character_id)
+    workspace_ids = list({item.workspace.id for item in items})
+    if lock_first:
+        await repo.available_credits(conn, workspace_ids=workspace_ids, lock=True)
+    renderers = [_renderer(deps.catalog, item) for item in items]
+    state = await repo.intake_state(
+        conn, character_ids=list({item.valid.request.character_id for item in items}),
+        workspace_ids=workspace_ids, providers=list({r.provider for r in renderers}))
+    available, queued = state.available, state.queued
+    accepted: list[tuple[int, NewVideo, asyncpg.Record, ModelEntry]] = []
+    for i, (item, renderer) in enumerate(zip(items, renderers, strict=True)):
+        character = state.characters.get(item.valid.request.character_id)
         if character is None or character["workspace_id"] != item.workspace.id:
             outcomes[i] = CharacterNotFound()
             continue
@@ -190,18 +195,15 @@ async def _create_videos(deps: IntakeDeps, conn: Conn, items: Sequence[NewVideo]
             outcomes[i] = InsufficientCredits(item.valid.quote, left)
             continue
         available[item.workspace.id] = left - item.valid.quote
-        accepted.append((i, item, character))
+        accepted.append((i, item, character, renderer))
     if not accepted:
         return _all_decided(outcomes)
-    renderers = [_renderer(deps.catalog, item) for _, item, _ in accepted]
-    queued = await repo.queued_jobs(conn, providers=list({r.provider for r in renderers}))
     now = utcnow()
     videos: list[dict[str, Any]] = []
     jobs: list[tuple[UUID, UUID, UUID, str, datetime, datetime]] = []
-    holds: list[tuple[UUID, UUID, int]] = []
     events: list[tuple[str, VideoJobQueued]] = []
     claims: list[tuple[UUID, str, int, Any, UUID | None]] = []
-    for n, ((i, item, character), renderer) in enumerate(zip(accepted, renderers, strict=True)):
+    for n, (i, item, character, renderer) in enumerate(accepted):
         req, valid, workspace = item.valid.request, item.valid, item.workspace
         video_id, job_id = uuid4(), uuid4()
         # Distinct instants in arrival order: the queue is served oldest first.
@@ -224,7 +226,6 @@ async def _create_videos(deps: IntakeDeps, conn: Conn, items: Sequence[NewVideo]
         }
         videos.append(video)
         jobs.append((job_id, video_id, workspace.id, renderer.provider, deadline, created))
-        holds.append((workspace.id, job_id, valid.quote))
         queued[renderer.provider] = position = queued.get(renderer.provider, 0) + 1
         resource = to_resource({
             **video, "review_state": None, "media": None, "credits_charged": None,
@@ -247,24 +248,29 @@ async def _create_videos(deps: IntakeDeps, conn: Conn, items: Sequence[NewVideo]
             claims.append((workspace.id, item.claimed_key, 202,
                            resource.model_dump(mode="json"), video_id))
         outcomes[i] = resource
-    await repo.insert_videos(conn, videos)
-    await repo.insert_jobs(conn, jobs)
-    await outbox.enqueue_many(conn, topic=TOPIC_JOBS, events=events)
     if claims:
         await idempotency.complete_claims(conn, claims)
     # Last: from here to the commit the workspace rows are locked.
-    if not await repo.reserve_many(conn, holds=holds, check=not lock_first):
+    if not await repo.create(conn, videos=videos, jobs=jobs, events=events,
+                             check=not lock_first):
         raise CreditsMoved()
     return _all_decided(outcomes)
 
 
 def video_writer(deps: IntakeDeps, *, max_batch: int, max_concurrent: int
                  ) -> GroupCommit[NewVideo, VideoResource]:
-    """Group commit of new videos: HTTP requests that arrive together share a transaction
-    (`create_videos`), each with its own outcome."""
+    """Group commit of new videos: HTTP requests that arrive together share a transaction,
+    each with its own outcome (`create_videos`, without its savepoint: the transaction is
+    the batch's own, so it is rolled back as a whole when the credits moved)."""
     async def write(items: list[NewVideo]) -> list[Outcome]:
-        async with deps.pool.acquire() as conn, conn.transaction():
-            return await create_videos(deps, conn, items)
+        async with deps.pool.acquire() as conn:
+            try:
+                async with conn.transaction():
+                    return await _create_videos(deps, conn, items, lock_first=False)
+            except CreditsMoved:
+                pass
+            async with conn.transaction():
+                return await _create_videos(deps, conn, items, lock_first=True)
 
     return GroupCommit(write, max_batch=max_batch, max_concurrent=max_concurrent,
                        retry_alone=lambda exc: not isinstance(exc, UNAVAILABLE))

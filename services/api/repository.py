@@ -3,13 +3,19 @@ caller owns the transaction."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 import asyncpg
+from pydantic import BaseModel
 
+from shared import outbox
 from shared.db import Conn, columns, one
+from shared.events import TOPIC_JOBS
 
 
 async def insert_workspace(
@@ -74,12 +80,38 @@ async def insert_character(
     return row
 
 
-async def characters_by_id(conn: Conn, *, ids: list[UUID]) -> dict[UUID, asyncpg.Record]:
+@dataclass(frozen=True)
+class IntakeState:
+    """What deciding a batch of requests reads: the characters named, each workspace's
+    available credits, and how many jobs wait in each provider's queue."""
+
+    characters: dict[UUID, asyncpg.Record]
+    available: dict[UUID, int]
+    queued: dict[str, int]
+
+
+async def intake_state(conn: Conn, *, character_ids: list[UUID], workspace_ids: list[UUID],
+                       providers: list[str]) -> IntakeState:
+    """`IntakeState` in one statement (without locks: see `available_credits`)."""
     rows = await conn.fetch(
-        "SELECT id, workspace_id, name, reference_image_url FROM characters"
-        " WHERE id = any($1::uuid[])", ids,
+        """
+        SELECT 'character' AS kind, id, workspace_id, name, reference_image_url,
+               NULL::bigint AS n
+          FROM characters WHERE id = any($1::uuid[])
+        UNION ALL
+        SELECT 'workspace', id, NULL, NULL, NULL, credits_balance - credits_reserved
+          FROM workspaces WHERE id = any($2::uuid[])
+        UNION ALL
+        SELECT 'queue', NULL, NULL, provider, NULL, count(*)
+          FROM jobs WHERE state = 'queued' AND provider = any($3::text[]) GROUP BY provider
+        """,
+        character_ids, workspace_ids, providers,
     )
-    return {row["id"]: row for row in rows}
+    return IntakeState(
+        characters={r["id"]: r for r in rows if r["kind"] == "character"},
+        available={r["id"]: int(r["n"]) for r in rows if r["kind"] == "workspace"},
+        queued={r["name"]: int(r["n"]) for r in rows if r["kind"] == "queue"},
+    )
 
 
 async def available_credits(conn: Conn, *, workspace_ids: list[UUID],
@@ -94,41 +126,6 @@ async def available_credits(conn: Conn, *, workspace_ids: list[UUID],
         workspace_ids,
     )
     return {row["id"]: int(row["available"]) for row in rows}
-
-
-async def reserve_many(conn: Conn, *, holds: list[tuple[UUID, UUID, int]],
-                       check: bool) -> bool:
-    """Hold credits for jobs, `(workspace_id, job_id, amount)` each, with their ledger rows.
-    With `check`, only if every workspace still has the credits available (else False, and
-    the caller must undo the statement's effects: its ledger rows are written regardless);
-    without, the caller has checked the amounts against rows it locked."""
-    workspaces = {h[0] for h in holds}
-    updated = await conn.fetch(
-        """
-        WITH hold AS (SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::bigint[])
-                                 AS h(workspace_id, job_id, amount)),
-        led AS (
-            INSERT INTO credit_ledger (workspace_id, kind, amount, job_id, reason)
-            SELECT workspace_id, 'reserve', amount, job_id, 'video request' FROM hold)
-        UPDATE workspaces w SET credits_reserved = credits_reserved + t.total
-          FROM (SELECT workspace_id, sum(amount) AS total FROM hold GROUP BY workspace_id
-                 ORDER BY workspace_id) t
-         WHERE w.id = t.workspace_id
-           AND (NOT $4 OR w.credits_balance - w.credits_reserved >= t.total)
-        RETURNING w.id
-        """,
-        [h[0] for h in holds], [h[1] for h in holds], [h[2] for h in holds], check,
-    )
-    return len(updated) == len(workspaces)
-
-
-async def queued_jobs(conn: Conn, *, providers: list[str]) -> dict[str, int]:
-    """How many jobs wait in each provider's queue (what a new job's position counts from)."""
-    rows = await conn.fetch(
-        "SELECT provider, count(*) AS n FROM jobs WHERE state = 'queued'"
-        " AND provider = any($1::text[]) GROUP BY provider", providers,
-    )
-    return {row["provider"]: int(row["n"]) for row in rows}
 
 
 async def character(
@@ -161,25 +158,55 @@ async def update_character(
     return row
 
 
-async def insert_videos(conn: Conn, rows: list[dict[str, Any]]) -> None:
-    """Insert videos, each a dict of column values (all with the same columns)."""
-    names = list(rows[0])
-    params = ", ".join(f"${i + 1}" for i in range(len(names)))
-    await conn.executemany(
-        f"INSERT INTO videos ({', '.join(names)}) VALUES ({params})",
-        [[row[name] for name in names] for row in rows],
+async def create(conn: Conn, *, videos: list[dict[str, Any]],
+                 jobs: list[tuple[UUID, UUID, UUID, str, datetime, datetime]],
+                 events: Sequence[tuple[str, BaseModel]], check: bool) -> bool:
+    """Insert videos (dicts of column values, all with the same columns), their queued
+    jobs (`(id, video_id, workspace_id, provider, deadline_at, created_at)`, each holding
+    the video's `credits_quoted`), the job events (into the outbox) and the credit
+    reservations with their ledger rows, in one statement. With `check`, the reservations
+    are made only if every workspace still has the credits available; False when not,
+    and the caller must undo the statement (the rest of it happened regardless). Without,
+    the caller has checked the amounts against rows it locked. The workspace rows stay
+    locked until commit: call last in the transaction."""
+    names = list(videos[0])
+    workspaces = {job[2] for job in jobs}
+    quotes = {video["id"]: video["credits_quoted"] for video in videos}
+    job_columns = columns(jobs)
+    reserved = await conn.fetchval(
+        f"""
+        WITH v AS (
+            INSERT INTO videos ({", ".join(names)})
+            SELECT {", ".join(names)} FROM jsonb_populate_recordset(NULL::videos, $1::text::jsonb)),
+        j AS (
+            INSERT INTO jobs (id, video_id, workspace_id, state, provider, deadline_at,
+                              created_at, updated_at)
+            SELECT id, video_id, workspace_id, 'queued', provider, deadline_at, created_at,
+                   created_at
+              FROM unnest($2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::timestamptz[],
+                          $7::timestamptz[])
+                   AS j(id, video_id, workspace_id, provider, deadline_at, created_at)),
+        e AS (SELECT * FROM unnest($9::text[], $10::uuid[], $11::bytea[])
+                  WITH ORDINALITY AS e(key, event_id, payload, n)),
+        queued AS ({outbox.insert_from("e", topic="$12")}),
+        hold AS (SELECT * FROM unnest($4::uuid[], $2::uuid[], $8::bigint[])
+                                 AS h(workspace_id, job_id, amount)),
+        led AS (
+            INSERT INTO credit_ledger (workspace_id, kind, amount, job_id, reason)
+            SELECT workspace_id, 'reserve', amount, job_id, 'video request' FROM hold),
+        reserved AS (
+            UPDATE workspaces w SET credits_reserved = credits_reserved + t.total
+              FROM (SELECT workspace_id, sum(amount) AS total FROM hold GROUP BY workspace_id
+                     ORDER BY workspace_id) t
+             WHERE w.id = t.workspace_id
+               AND (NOT $13 OR w.credits_balance - w.credits_reserved >= t.total)
+            RETURNING w.id)
+        SELECT (SELECT count(*) FROM reserved), pg_notify($14, '')
+        """,
+        json.dumps(videos, default=str), *job_columns, [quotes[v] for v in job_columns[1]],
+        [key for key, _ in events],
+        [event.event_id for _, event in events],  # type: ignore[attr-defined]
+        [event.model_dump_json().encode() for _, event in events], TOPIC_JOBS, check,
+        outbox.NOTIFY_CHANNEL,
     )
-
-
-async def insert_jobs(conn: Conn, jobs: list[tuple[UUID, UUID, UUID, str, datetime, datetime]]
-                      ) -> None:
-    """Queued jobs, `(id, video_id, workspace_id, provider, deadline_at, created_at)` each,
-    in one statement."""
-    await conn.execute(
-        "INSERT INTO jobs (id, video_id, workspace_id, state, provider, deadline_at, created_at,"
-        " updated_at) SELECT id, video_id, workspace_id, 'queued', provider, deadline_at,"
-        " created_at, created_at FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[],"
-        " $5::timestamptz[], $6::timestamptz[])"
-        " AS j(id, video_id, workspace_id, provider, deadline_at, created_at)",
-        *columns(jobs),
-    )
+    return int(reserved) == len(workspaces)

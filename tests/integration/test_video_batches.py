@@ -98,28 +98,45 @@ async def test_one_batch_refuses_some_and_creates_the_others(pool: asyncpg.Pool)
             str(v.id): (str(v.job.id), v.duration_seconds) for v in created}
 
 
+@pytest.mark.parametrize("via", ["caller's transaction", "group commit"])
 async def test_credits_spent_meanwhile_are_not_spent_twice(
-    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch, via: str
 ) -> None:
     """The credits are read without a lock and reserved on the condition that they are still
     there. Here the read is stale (30 seen, 20 left): the reservation must not go through,
-    and the batch is decided again on the locked rows."""
+    and the batch is decided again on the locked rows. In a caller's transaction (the Kafka
+    path) the attempt is undone by a savepoint; the group commit rolls back its own."""
     ws, character = await workspace_with_character(pool, credits=20)
-    read = api_repo.available_credits
-    locked: list[bool] = []
+    read, read_locked = api_repo.intake_state, api_repo.available_credits
+    reads: list[str] = []
 
-    async def stale(conn: asyncpg.Connection, *, workspace_ids: list[UUID],
-                    lock: bool) -> dict[UUID, int]:
-        locked.append(lock)
-        found = await read(conn, workspace_ids=workspace_ids, lock=lock)
-        return found if lock else {k: v + 10 for k, v in found.items()}
+    async def stale(conn: asyncpg.Connection, **kwargs: Any) -> api_repo.IntakeState:
+        found = await read(conn, **kwargs)
+        if not reads:  # the first, unlocked read
+            found.available.update({k: v + 10 for k, v in found.available.items()})
+        reads.append("read")
+        return found
 
-    monkeypatch.setattr(api_repo, "available_credits", stale)
+    async def locking(conn: asyncpg.Connection, *, workspace_ids: list[UUID],
+                      lock: bool) -> dict[UUID, int]:
+        reads.append(f"lock={lock}")
+        return await read_locked(conn, workspace_ids=workspace_ids, lock=lock)
+
+    monkeypatch.setattr(api_repo, "intake_state", stale)
+    monkeypatch.setattr(api_repo, "available_credits", locking)
     deps = handlers.IntakeDeps(pool=pool, catalog=CATALOG, job_deadline=timedelta(hours=1))
-    async with pool.acquire() as conn, conn.transaction():
-        outcomes = await handlers.create_videos(
-            deps, conn, [request(ws, character, 12), request(ws, character, 12)])
-    assert locked == [False, True]
+    both = [request(ws, character, 12), request(ws, character, 12)]
+    outcomes: list[Any]
+    if via == "group commit":
+        writer = handlers.video_writer(deps, max_batch=10, max_concurrent=1)
+        # Submitted together: one batch.
+        outcomes = await asyncio.gather(*(writer.submit(r) for r in both),
+                                        return_exceptions=True)
+        assert (writer.batches, writer.items) == (1, 2)
+    else:
+        async with pool.acquire() as conn, conn.transaction():
+            outcomes = await handlers.create_videos(deps, conn, both)
+    assert reads == ["read", "lock=True", "read"]
     assert isinstance(outcomes[0], VideoResource)
     assert isinstance(outcomes[1], handlers.InsufficientCredits)
     assert (outcomes[1].quote, outcomes[1].available) == (12, 8)
