@@ -43,4 +43,5 @@ def register(broker: KafkaBroker, *, pool: asyncpg.Pool, worker: Worker, group_i
         group_id=group_id, fetch_max_wait_ms=fetch_max_wait_ms,
         description="Jobs to run: each is accepted into PostgreSQL and driven by the workers.",
         pool=pool, handle=handle, after=committed, instance_id=instance_id,
+        one_statement=True,  # accept_jobs
     )

@@ -5,6 +5,7 @@ message that fails holds back no other message's effect."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from uuid import UUID, uuid4
 
 import asyncpg
@@ -16,7 +17,7 @@ from pydantic import BaseModel, TypeAdapter
 from shared import consumer as batches
 from shared.consumer import Handle, apply_batch, one_by_one, stop_broker, subscribe
 from shared.db import Conn
-from shared.inbox import first_delivery
+from shared.inbox import first_deliveries, first_delivery
 from shared.kafka import make_broker
 from tests.infra import Infra
 from tests.integration.conftest import eventually
@@ -62,6 +63,32 @@ async def test_a_failing_message_holds_back_no_other(
     await apply_batch(pool, one_by_one(handler(consumer)), [(p, b"") for p in good],
                       consumer)
     assert await recorded(pool, consumer) == applied
+
+
+async def test_a_one_statement_handler_runs_outside_a_transaction(
+    pool: asyncpg.Pool, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`one_statement`: no BEGIN and COMMIT around the handler (its single statement is
+    atomic); a batch that fails is still applied message by message."""
+    monkeypatch.setattr(batches, "RETRY_PAUSE_SECONDS", 0.0)
+    consumer = f"test-one-{unique}"
+    seen: list[bool] = []
+
+    async def handle(conn: Conn, events: Sequence[tuple[Ping, bytes]]) -> None:
+        seen.append(conn.is_in_transaction())
+        if any(event.poison for event, _ in events):
+            raise ValueError("this message breaks its handler")
+        await first_deliveries(conn, consumer=consumer,
+                               event_ids=[event.event_id for event, _ in events])
+
+    good = [Ping(event_id=uuid4()) for _ in range(2)]
+    await apply_batch(pool, handle, [(p, b"") for p in good], consumer, one_statement=True)
+    with pytest.raises(ValueError, match="breaks its handler"):
+        await apply_batch(pool, handle, [(good[0], b""), (Ping(event_id=uuid4(), poison=True),
+                                                          b"")], consumer, one_statement=True)
+    await apply_batch(pool, handle, [(good[0], b"")], consumer)
+    assert seen == [False, False, False, False, True]
+    assert set(await recorded(pool, consumer)) == {p.event_id for p in good}
 
 
 async def test_records_that_arrive_together_share_a_transaction(
