@@ -162,9 +162,9 @@ async def create(conn: Conn, *, videos: list[dict[str, Any]],
                  jobs: list[tuple[UUID, UUID, UUID, str, datetime, datetime]],
                  events: Sequence[tuple[str, BaseModel]], check: bool) -> bool:
     """Insert videos (dicts of column values, all with the same columns), their queued
-    jobs (`(id, video_id, workspace_id, provider, deadline_at, created_at)`, each holding
-    the video's `credits_quoted`), the job events (into the outbox) and the credit
-    reservations with their ledger rows, in one statement. With `check`, the reservations
+    jobs (`(id, video_id, workspace_id, provider, deadline_at, created_at)`), the job
+    events (into the outbox) and the credit reservations (each job holds its video's
+    `credits_quoted`) with their ledger rows, in one statement. With `check`, the reservations
     are made only if every workspace still has the credits available; False when not,
     and the caller must undo the statement (the rest of it happened regardless). Without,
     the caller has checked the amounts against rows it locked. The workspace rows stay
