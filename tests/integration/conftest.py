@@ -36,6 +36,35 @@ def cancel_leftover_jobs(infra: Infra) -> Iterator[None]:
     asyncio.run(cancel())
 
 
+class Statements:
+    """The statements a connection sends while in this context (asyncpg's query logger):
+    what the tests that count a use case's round trips read."""
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+        self._sent: list[str] = []
+
+    def _log(self, record: Any) -> None:
+        self._sent.append(record.query)
+
+    def __enter__(self) -> Statements:
+        self._conn.add_query_logger(self._log)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._conn.remove_query_logger(self._log)
+
+    async def sent(self) -> list[str]:
+        """The statements sent so far (asyncpg calls its loggers soon after each query)."""
+        await asyncio.sleep(0)
+        return list(self._sent)
+
+    async def restart(self) -> None:
+        """Count from here."""
+        await asyncio.sleep(0)
+        self._sent.clear()
+
+
 class Client:
     def __init__(self, session: aiohttp.ClientSession, base: str) -> None:
         self.session = session

@@ -26,6 +26,7 @@ from shared.events import (
 from shared.settings import ROOT
 from shared.videos import fetch_video
 from tests.audit import ledger_problems
+from tests.integration.conftest import Statements
 
 pytestmark = pytest.mark.integration
 CATALOG = Catalog.load(ROOT / "deploy" / "catalog.json")
@@ -151,22 +152,15 @@ async def test_a_batch_takes_two_statements_whatever_its_size(pool: asyncpg.Pool
     """The finalizer's cost per batch is fixed: the inbox with the jobs' rows, then every
     effect at once (a statement per item would multiply the round trips under load)."""
     ws = await new_workspace(pool, 1000)
-    queries: list[str] = []
-
-    def log(record: Any) -> None:
-        queries.append(record.query)
-
     for size in (1, 6):
         jobs = [await request_video(pool, ws, 10) for _ in range(size)]
         batch = [succeeded(ws.id, video, job, 9.0) for video, job, _ in jobs]
-        queries.clear()
         async with pool.acquire() as conn, conn.transaction():
-            conn.add_query_logger(log)
-            completed = await finalize_many(conn, batch, CATALOG)
-            await asyncio.sleep(0)  # the query logger is called soon after each query
-            conn.remove_query_logger(log)
+            with Statements(conn) as statements:
+                completed = await finalize_many(conn, batch, CATALOG)
+                sent = await statements.sent()
         assert len(completed) == size
-        assert len(queries) == 2, queries
+        assert len(sent) == 2, sent
     assert await ledger_holds(pool, ws.id) == {"balance": 1000 - 7 * 9, "reserved": 0}
 
 

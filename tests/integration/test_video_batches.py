@@ -26,7 +26,7 @@ from shared.events import (
 )
 from shared.settings import ROOT
 from shared.videos import fetch_video
-from tests.integration.conftest import Client
+from tests.integration.conftest import Client, Statements
 
 pytestmark = pytest.mark.integration
 CATALOG = Catalog.load(ROOT / "deploy" / "catalog.json")
@@ -61,23 +61,17 @@ async def test_one_batch_refuses_some_and_creates_the_others(pool: asyncpg.Pool)
         request(poor, poor_character, 8),  # fits in what is left
     ]
     deps = handlers.IntakeDeps(pool=pool, catalog=CATALOG, job_deadline=timedelta(hours=1))
-    queries: list[str] = []
-
-    def log(record: Any) -> None:
-        queries.append(record.query)
-
     async with pool.acquire() as conn, conn.transaction():
         # Undone: asyncpg looks up the array types it has not seen once per connection.
         warm_up = conn.transaction()
         await warm_up.start()
         await handlers.create_videos(deps, conn, batch[:1])
         await warm_up.rollback()
-        conn.add_query_logger(log)
-        outcomes = await handlers.create_videos(deps, conn, batch)
-        await asyncio.sleep(0)  # the query logger is called soon after each query
-        conn.remove_query_logger(log)
+        with Statements(conn) as statements:
+            outcomes = await handlers.create_videos(deps, conn, batch)
+            sent = await statements.sent()
     # Two statements for the whole batch (in a savepoint): read, then write everything.
-    assert len([q for q in queries if "SAVEPOINT" not in q]) == 2, queries
+    assert len([q for q in sent if "SAVEPOINT" not in q]) == 2, sent
 
     assert isinstance(outcomes[1], handlers.CharacterNotFound)
     assert isinstance(outcomes[3], handlers.InsufficientCredits)
@@ -256,44 +250,36 @@ async def test_generator_accepts_and_succeeds_jobs_in_one_statement_each(
         "SELECT payload FROM outbox WHERE topic = $1 AND key = any($2::text[]) ORDER BY id",
         TOPIC_JOBS, [str(v.id) for v in videos])
     events = [VideoJobQueued.model_validate_json(bytes(row["payload"])) for row in payloads]
-    queries: list[str] = []
-
-    def log(record: Any) -> None:
-        queries.append(record.query)
-
     async with pool.acquire() as conn:
-        conn.add_query_logger(log)
-        accepted = await generator_repo.accept(
-            conn, consumer="test", events=[(e.event_id, e.job) for e in events])
-        again = await generator_repo.accept(
-            conn, consumer="test", events=[(e.event_id, e.job) for e in events])
-        await asyncio.sleep(0)  # the query logger is called soon after each query
-        assert (accepted, again, len(queries)) == ({"local"}, set(), 2)
-        assert await conn.fetchval(
-            "SELECT count(*) FROM jobs WHERE id = any($1::uuid[]) AND accepted_at IS NOT NULL"
-            " AND spec IS NOT NULL", [e.job.job_id for e in events]) == 3
+        with Statements(conn) as statements:
+            accepted = await generator_repo.accept(
+                conn, consumer="test", events=[(e.event_id, e.job) for e in events])
+            again = await generator_repo.accept(
+                conn, consumer="test", events=[(e.event_id, e.job) for e in events])
+            assert (accepted, again, len(await statements.sent())) == ({"local"}, set(), 2)
+            assert await conn.fetchval(
+                "SELECT count(*) FROM jobs WHERE id = any($1::uuid[]) AND accepted_at IS NOT NULL"
+                " AND spec IS NOT NULL", [e.job.job_id for e in events]) == 3
 
-        # Two jobs held by this process, one by another.
-        jobs = [e.job.job_id for e in events]
-        await conn.execute(
-            "UPDATE jobs SET state = 'running', lease_owner = CASE WHEN id = $2 THEN 'other'"
-            " ELSE 'me' END, lease_expires_at = now() + interval '1 minute'"
-            " WHERE id = any($1::uuid[])", jobs, jobs[2])
-        media = Media(video_url="http://x/v.mp4", thumbnail_url="http://x/t.jpg",
-                      duration_seconds=8.0, aspect_ratio="9:16", width=720, height=1280)
-        outcomes = [VideoGenerationSucceeded(
-            workspace_id=ws.id, correlation_id="t", job_id=e.job.job_id,
-            video_id=e.job.video_id, provider="local", media=media) for e in events]
-        await asyncio.sleep(0)
-        queries.clear()
-        assert await generator_repo.succeed(conn, owner="me", events=outcomes) == set(jobs[:2])
-        await asyncio.sleep(0)
-        assert len(queries) == 1
-        states = await conn.fetch("SELECT id, state FROM jobs WHERE id = any($1::uuid[])", jobs)
-        assert {r["id"]: r["state"] for r in states} == {
-            jobs[0]: "succeeded", jobs[1]: "succeeded", jobs[2]: "running"}
-        sent = await conn.fetch(
-            "SELECT key, event_id FROM outbox WHERE topic = $1 AND key = any($2::text[])"
-            " ORDER BY id", TOPIC_GENERATED, [str(v.id) for v in videos])
-        assert [(r["key"], r["event_id"]) for r in sent] == [
-            (str(o.video_id), o.event_id) for o in outcomes[:2]]
+            # Two jobs held by this process, one by another.
+            jobs = [e.job.job_id for e in events]
+            await conn.execute(
+                "UPDATE jobs SET state = 'running', lease_owner = CASE WHEN id = $2 THEN 'other'"
+                " ELSE 'me' END, lease_expires_at = now() + interval '1 minute'"
+                " WHERE id = any($1::uuid[])", jobs, jobs[2])
+            media = Media(video_url="http://x/v.mp4", thumbnail_url="http://x/t.jpg",
+                          duration_seconds=8.0, aspect_ratio="9:16", width=720, height=1280)
+            outcomes = [VideoGenerationSucceeded(
+                workspace_id=ws.id, correlation_id="t", job_id=e.job.job_id,
+                video_id=e.job.video_id, provider="local", media=media) for e in events]
+            await statements.restart()
+            assert await generator_repo.succeed(conn, owner="me", events=outcomes) == set(jobs[:2])
+            assert len(await statements.sent()) == 1
+            states = await conn.fetch("SELECT id, state FROM jobs WHERE id = any($1::uuid[])", jobs)
+            assert {r["id"]: r["state"] for r in states} == {
+                jobs[0]: "succeeded", jobs[1]: "succeeded", jobs[2]: "running"}
+            sent = await conn.fetch(
+                "SELECT key, event_id FROM outbox WHERE topic = $1 AND key = any($2::text[])"
+                " ORDER BY id", TOPIC_GENERATED, [str(v.id) for v in videos])
+            assert [(r["key"], r["event_id"]) for r in sent] == [
+                (str(o.video_id), o.event_id) for o in outcomes[:2]]
