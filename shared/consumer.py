@@ -246,8 +246,9 @@ def subscribe(
     """Subscribe `handle` to `topic`: decode (or dead-letter) each record of a batch, then
     apply the batch in one transaction (`one_by_one` turns a handler of one event into a
     batch handler); offsets are committed after it, never before. `one_statement` says
-    that `handle` writes a batch with one statement (its inbox rows included), which is
-    atomic without a transaction: two round trips fewer per batch."""
+    that `handle` writes a batch with one statement (its inbox rows included; reads may come
+    before it), which is atomic without a transaction: two round trips fewer per batch, and
+    the rows it locks are released at its end rather than after the COMMIT's round trip."""
     offsets = AppliedOffsets(f"{consumer}:{topic}")
     _OFFSETS.setdefault(broker, []).append(offsets)
 

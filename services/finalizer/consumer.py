@@ -41,4 +41,5 @@ def register(broker: KafkaBroker, *, pool: asyncpg.Pool, catalog: Catalog, group
         group_id=group_id, fetch_max_wait_ms=fetch_max_wait_ms,
         description="Generation outcomes: settle credits, set review state, emit completion.",
         pool=pool, handle=handle, instance_id=instance_id,
+        one_statement=True,  # finalize_many: a read, then one atomic write
     )

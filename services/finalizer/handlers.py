@@ -1,7 +1,9 @@
 """The finalizer's use case: turn generation outcomes into the videos' final states, their
-credit settlements and their completion events, in the caller's transaction, exactly once.
+credit settlements and their completion events, exactly once.
 
-A batch of outcomes is applied with two statements, whatever its size."""
+A batch of outcomes is applied with two statements, whatever its size: a read, then one
+write that is atomic on its own, so that no transaction is needed around them (in one, the
+workspace rows the write locks would stay locked for the round trip of the COMMIT)."""
 
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ GenerationOutcome = VideoGenerationSucceeded | VideoGenerationFailed
 def settlement(event: GenerationOutcome, ctx: Any, catalog: Catalog) -> Settlement:
     """What the outcome does: the charge (the model's rate times the delivered duration,
     at most the reservation; nothing for a failure) and the video's final state. `ctx` is
-    the job's row from `first_outcomes` (the video's own id and workspace, whatever the
+    the job's row from `unapplied_outcomes` (the video's own id and workspace, whatever the
     event says)."""
     reserved = ctx["credits_quoted"]
     if isinstance(event, VideoGenerationSucceeded):
@@ -40,20 +42,22 @@ def settlement(event: GenerationOutcome, ctx: Any, catalog: Catalog) -> Settleme
         return Settlement(job_id=event.job_id, video_id=ctx["id"],
                           workspace_id=ctx["workspace_id"], outcome="succeeded",
                           reserved=reserved, charge=charge, status=state, review_state=state,
-                          media=event.media.model_dump(mode="json"))
+                          media=event.media.model_dump(mode="json"),
+                          source_event_id=event.event_id, at=ctx["now"])
     outcome = "canceled" if event.canceled else "failed"
     return Settlement(job_id=event.job_id, video_id=ctx["id"],
                       workspace_id=ctx["workspace_id"], outcome=outcome, reserved=reserved,
-                      charge=0, status=outcome, review_state=None, media=None)
+                      charge=0, status=outcome, review_state=None, media=None,
+                      source_event_id=event.event_id, at=ctx["now"])
 
 
 async def finalize_many(conn: Conn, events: Sequence[GenerationOutcome],
                         catalog: Catalog) -> list[VideoCompleted]:
     """Apply the events in order; the completion events they produced (an event seen
     before, of an unknown job, or of a job already settled produces none). Two round trips
-    whatever the batch's size: the inbox with what the jobs' settlement needs, then every
+    whatever the batch's size: what the jobs' settlement needs, then the inbox and every
     effect at once."""
-    rows = await repo.first_outcomes(
+    rows = await repo.unapplied_outcomes(
         conn, consumer=CONSUMER, events=[(event.event_id, event.job_id) for event in events])
     firsts: dict[UUID, tuple[Settlement, VideoCompleted]] = {}
     for event in events:
@@ -67,7 +71,9 @@ async def finalize_many(conn: Conn, events: Sequence[GenerationOutcome],
             correlation_id=event.correlation_id,
             video=completed_resource(row, status=s.status, review_state=s.review_state,
                                      media=s.media, charged=s.charge, at=row["now"])))
-    settled = await repo.settle(conn, list(firsts.values()), topic=TOPIC_COMPLETED)
+    settled = await repo.settle(conn, consumer=CONSUMER,
+                                event_ids=[event.event_id for event in events],
+                                settlements=list(firsts.values()), topic=TOPIC_COMPLETED)
     return [completed for s, completed in firsts.values() if s.job_id in settled]
 
 

@@ -1,11 +1,12 @@
 """SQL of the finalizer: settlement (once per job, by primary key) and video completion, a
-batch of jobs per statement, two statements per batch."""
+batch of jobs per statement, two statements per batch (a read, then one atomic write)."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -30,52 +31,58 @@ class Settlement:
     status: str  # the video's: ready, approved, failed or canceled
     review_state: str | None
     media: dict[str, Any] | None
+    #: the generation event that produced it
+    source_event_id: UUID
+    #: when the video is completed (its `completed_at`, as the completion event says)
+    at: datetime
 
 
-async def first_outcomes(conn: Conn, *, consumer: str,
-                         events: Sequence[tuple[UUID, UUID]]) -> dict[UUID, asyncpg.Record]:
-    """Record `(event_id, job_id)` events in the inbox; for each delivered for the first time
-    whose job exists, by event id: its video and job (`shared.videos.COLUMNS`), the
-    character's `review_mode` and the transaction's `now`. The videos are locked (in id
-    order) against a racing cancel (NO KEY UPDATE: foreign-key checks need not wait).
-    One round trip."""
+async def unapplied_outcomes(conn: Conn, *, consumer: str,
+                             events: Sequence[tuple[UUID, UUID]]) -> dict[UUID, asyncpg.Record]:
+    """For each `(event_id, job_id)` event this consumer has not applied yet whose job
+    exists, by event id: its video and job (`shared.videos.COLUMNS`), the character's
+    `review_mode` and `now()`. A plain read, without locks: `settle` decides, by the inbox
+    and the settlement's primary key, which of the outcomes take effect."""
     rows = await conn.fetch(
         f"""
-        WITH new AS ({inbox.record("$1", "$2")})
         SELECT e.event_id, {COLUMNS}, c.review_mode, now() AS now
           FROM unnest($2::uuid[], $3::uuid[]) AS e(event_id, job_id)
-          JOIN new USING (event_id)
           JOIN jobs j ON j.id = e.job_id
           JOIN videos v ON v.id = j.video_id
           JOIN characters c ON c.id = v.character_id
-         ORDER BY v.id
-           FOR NO KEY UPDATE OF v
+         WHERE NOT EXISTS (SELECT 1 FROM inbox i
+                            WHERE i.consumer = $1 AND i.event_id = e.event_id)
         """,
         consumer, [event_id for event_id, _ in events], [job_id for _, job_id in events],
     )
     return {row["event_id"]: row for row in rows}
 
 
-async def settle(conn: Conn, settlements: Sequence[tuple[Settlement, VideoCompleted]],
-                 *, topic: str) -> set[UUID]:
-    """Settle jobs, each with the completion event it produces, in one statement; the jobs
-    settled now (a job settled before is left as it is: the first terminal state wins). For
-    each of them: the settlement; the ledger entries (charge `charge` of the reservation,
-    release the rest); the video's final state; the event, into the outbox (as
-    `shared.outbox.enqueue_many` writes it, with its wake-up signal); and the credits out of
-    the workspace's balance and reservation. Call last in the transaction: the workspace
-    rows stay locked until commit, and intake needs them for every new request (they are
-    updated in id order, as intake locks them)."""
-    if not settlements:
-        return set()
+async def settle(conn: Conn, *, consumer: str, event_ids: Sequence[UUID],
+                 settlements: Sequence[tuple[Settlement, VideoCompleted]],
+                 topic: str) -> set[UUID]:
+    """Record `event_ids` in the inbox and settle jobs, each with the completion event it
+    produces, in one statement, atomic without a transaction; the jobs settled now. A
+    settlement takes effect only if its event is new to the inbox and its job has none yet
+    (the first terminal state wins: a concurrent settlement of the same job waits for the
+    other's commit, then does nothing). For each job settled: the settlement; the ledger
+    entries (charge `charge` of the reservation, release the rest); the video's final state;
+    the event, into the outbox (as `shared.outbox.enqueue_many` writes it, with its wake-up
+    signal); and the credits out of the workspace's balance and reservation (in id order,
+    as intake locks them). Outside a transaction the workspace rows stay locked only while
+    the statement runs, not for a round trip to the client as well: intake needs them for
+    every new request."""
     rows = await conn.fetch(
         f"""
-        WITH s AS (
+        WITH new AS ({inbox.record("$14", "$15")}),
+        s AS (
             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::bigint[],
                                  $6::bigint[], $7::text[], $8::text[], $9::text[],
-                                 $10::uuid[], $11::bytea[]) WITH ORDINALITY
+                                 $10::uuid[], $11::bytea[], $16::uuid[], $17::timestamptz[])
+                          WITH ORDINALITY
                 AS s(job_id, video_id, workspace_id, outcome, charged, reserved, status,
-                     review_state, media, event_id, payload, n)),
+                     review_state, media, event_id, payload, source, at, n)
+             WHERE source IN (SELECT event_id FROM new)),
         settled AS (
             INSERT INTO settlements (job_id, outcome, charged, released)
             SELECT job_id, outcome, charged, reserved - charged FROM s ORDER BY n
@@ -91,7 +98,7 @@ async def settle(conn: Conn, settlements: Sequence[tuple[Settlement, VideoComple
         completed AS (
             UPDATE videos v SET status = d.status, review_state = d.review_state,
                                 media = d.media::jsonb, credits_charged = d.charged,
-                                completed_at = now(), updated_at = now()
+                                completed_at = d.at, updated_at = d.at
               FROM done d WHERE v.id = d.video_id),
         events AS ({outbox.insert_from(
             "(SELECT video_id::text AS key, event_id, payload, n FROM done)", topic="$12")}),
@@ -110,6 +117,7 @@ async def settle(conn: Conn, settlements: Sequence[tuple[Settlement, VideoComple
         [json.dumps(s.media) if s.media is not None else None for s, _ in settlements],
         [event.event_id for _, event in settlements],
         [event.model_dump_json().encode() for _, event in settlements],
-        topic, outbox.NOTIFY_CHANNEL,
+        topic, outbox.NOTIFY_CHANNEL, consumer, list(event_ids),
+        [s.source_event_id for s, _ in settlements], [s.at for s, _ in settlements],
     )
     return {row["job_id"] for row in rows}

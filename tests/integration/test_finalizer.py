@@ -64,9 +64,13 @@ def failed(ws: UUID, video: UUID, job: UUID, canceled: bool = False) -> VideoGen
                        retryable=False), canceled=canceled)
 
 
-async def apply(pool: asyncpg.Pool, event: Any) -> Any:
-    async with pool.acquire() as conn, conn.transaction():
-        return await finalize(conn, event, CATALOG)
+async def apply(pool: asyncpg.Pool, event: Any, *, transaction: bool = True) -> Any:
+    """`finalize` in a transaction of its own, or as the consumer runs it: without one."""
+    async with pool.acquire() as conn:
+        if not transaction:
+            return await finalize(conn, event, CATALOG)
+        async with conn.transaction():
+            return await finalize(conn, event, CATALOG)
 
 
 async def ledger_holds(pool: asyncpg.Pool, ws: UUID) -> dict[str, int]:
@@ -155,7 +159,7 @@ async def test_a_batch_takes_two_statements_whatever_its_size(pool: asyncpg.Pool
     for size in (1, 6):
         jobs = [await request_video(pool, ws, 10) for _ in range(size)]
         batch = [succeeded(ws.id, video, job, 9.0) for video, job, _ in jobs]
-        async with pool.acquire() as conn, conn.transaction():
+        async with pool.acquire() as conn:  # as the consumer runs it: no BEGIN, no COMMIT
             with Statements(conn) as statements:
                 completed = await finalize_many(conn, batch, CATALOG)
                 sent = await statements.sent()
@@ -176,12 +180,15 @@ async def test_the_job_decides_which_video_an_outcome_completes(pool: asyncpg.Po
     assert await ledger_holds(pool, ws.id) == {"balance": 92, "reserved": 0}
 
 
+@pytest.mark.parametrize("transaction", [True, False])
 @pytest.mark.parametrize("round_", range(5))
-async def test_cancel_racing_success_settles_once(pool: asyncpg.Pool, round_: int) -> None:
+async def test_cancel_racing_success_settles_once(pool: asyncpg.Pool, round_: int,
+                                                  transaction: bool) -> None:
     ws = await new_workspace(pool, 100)
     video, job, _ = await request_video(pool, ws, 10, review_mode="autopilot")
-    results = await asyncio.gather(apply(pool, failed(ws.id, video, job, canceled=True)),
-                                   apply(pool, succeeded(ws.id, video, job, 10.0)))
+    results = await asyncio.gather(
+        apply(pool, failed(ws.id, video, job, canceled=True), transaction=transaction),
+        apply(pool, succeeded(ws.id, video, job, 10.0), transaction=transaction))
     assert sum(r is not None for r in results) == 1
     status = await pool.fetchval("SELECT status FROM videos WHERE id = $1", video)
     expected = {"canceled": {"balance": 100, "reserved": 0},
