@@ -173,8 +173,8 @@ async def create_videos(deps: IntakeDeps, conn: Conn, items: Sequence[NewVideo]
 
 async def _create_videos(deps: IntakeDeps, conn: Conn, items: Sequence[NewVideo], *,
                          lock_first: bool) -> list[Outcome]:
-    """Two statements, whatever the number of items; one more with idempotency keys, one
-    more with `lock_first`."""
+    """Two statements, whatever the number of items (the write is atomic on its own); one
+    more with `lock_first`, which needs a transaction."""
     outcomes: list[Outcome | None] = [None] * len(items)
     workspace_ids = list({item.workspace.id for item in items})
     if lock_first:
@@ -248,10 +248,8 @@ async def _create_videos(deps: IntakeDeps, conn: Conn, items: Sequence[NewVideo]
             claims.append((workspace.id, item.claimed_key, 202,
                            resource.model_dump(mode="json"), video_id))
         outcomes[i] = resource
-    if claims:
-        await idempotency.complete_claims(conn, claims)
-    # Last: from here to the commit the workspace rows are locked.
-    if not await repo.create(conn, videos=videos, jobs=jobs, events=events,
+    # Last: the workspace rows are locked from here to the commit.
+    if not await repo.create(conn, videos=videos, jobs=jobs, events=events, claims=claims,
                              check=not lock_first):
         raise CreditsMoved()
     return _all_decided(outcomes)
@@ -259,14 +257,16 @@ async def _create_videos(deps: IntakeDeps, conn: Conn, items: Sequence[NewVideo]
 
 def video_writer(deps: IntakeDeps, *, max_batch: int, max_concurrent: int
                  ) -> GroupCommit[NewVideo, VideoResource]:
-    """Group commit of new videos: HTTP requests that arrive together share a transaction,
-    each with its own outcome (`create_videos`, without its savepoint: the transaction is
-    the batch's own, so it is rolled back as a whole when the credits moved)."""
+    """Group commit of new videos: HTTP requests that arrive together are written together,
+    each with its own outcome, by two statements and no transaction: the read, then the
+    write, atomic on its own (`repo.create`), which holds the workspace rows only while it
+    runs (in a transaction they would stay locked for the COMMIT's round trip as well, and
+    the finalizer's settlements wait for them). When the credits moved in between, nothing
+    was written: the batch is decided again in a transaction, with the rows locked first."""
     async def write(items: list[NewVideo]) -> list[Outcome]:
         async with deps.pool.acquire() as conn:
             try:
-                async with conn.transaction():
-                    return await _create_videos(deps, conn, items, lock_first=False)
+                return await _create_videos(deps, conn, items, lock_first=False)
             except CreditsMoved:
                 pass
             async with conn.transaction():

@@ -89,16 +89,13 @@ async def record(
     )
 
 
-async def complete_claims(
-    conn: Conn, responses: list[tuple[UUID, str, int, Any, UUID | None]]
-) -> None:
-    """Store the responses of claimed keys, `(workspace_id, key, status, body, video_id)`
-    each, in the effects' transaction."""
-    await conn.executemany(
-        "UPDATE idempotency_keys SET response_status = $3, response_body = $4, video_id = $5"
-        " WHERE workspace_id = $1 AND key = $2",
-        responses,
-    )
+def complete_from(rows: str) -> str:
+    """Storing the responses of claimed keys, as the body of a data-modifying CTE of the
+    statement that writes their effects: `rows` is a relation named `c`, with the columns
+    `workspace_id`, `key`, `status`, `body` (the JSON text) and `video_id`."""
+    return ("UPDATE idempotency_keys k SET response_status = c.status,"
+            " response_body = c.body::jsonb, video_id = c.video_id"
+            f" FROM {rows} WHERE k.workspace_id = c.workspace_id AND k.key = c.key")
 
 
 async def release(conn: Conn, *, workspace_id: UUID, key: str) -> None:

@@ -13,6 +13,7 @@ from uuid import UUID
 import asyncpg
 from pydantic import BaseModel
 
+from services.api import idempotency
 from shared import outbox
 from shared.db import Conn, columns, one
 from shared.events import TOPIC_JOBS
@@ -158,55 +159,74 @@ async def update_character(
     return row
 
 
+#: SQLSTATE of `influgen_require` (migration 0008): the statement's condition failed.
+REQUIREMENT_FAILED = "IG001"
+
+
 async def create(conn: Conn, *, videos: list[dict[str, Any]],
                  jobs: list[tuple[UUID, UUID, UUID, str, datetime, datetime]],
-                 events: Sequence[tuple[str, BaseModel]], check: bool) -> bool:
+                 events: Sequence[tuple[str, BaseModel]],
+                 claims: Sequence[tuple[UUID, str, int, Any, UUID | None]], check: bool) -> bool:
     """Insert videos (dicts of column values, all with the same columns), their queued
     jobs (`(id, video_id, workspace_id, provider, deadline_at, created_at)`), the job
-    events (into the outbox) and the credit reservations (each job holds its video's
-    `credits_quoted`) with their ledger rows, in one statement. With `check`, the reservations
-    are made only if every workspace still has the credits available; False when not,
-    and the caller must undo the statement (the rest of it happened regardless). Without,
-    the caller has checked the amounts against rows it locked. The workspace rows stay
-    locked until commit: call last in the transaction."""
+    events (into the outbox), the credit reservations (each job holds its video's
+    `credits_quoted`) with their ledger rows, and the responses of claimed idempotency keys
+    (`(workspace_id, key, status, body, video_id)`), in one statement, atomic on its own.
+    With `check`, only if every workspace still has the credits available: False when not,
+    and nothing was written (in a transaction, the caller must roll back to before the
+    statement). Without, the caller has checked the amounts against rows it locked. The
+    workspace rows are locked until commit: outside a transaction, only while the
+    statement runs; inside one, call it last."""
     names = list(videos[0])
     workspaces = {job[2] for job in jobs}
     quotes = {video["id"]: video["credits_quoted"] for video in videos}
     job_columns = columns(jobs)
-    reserved = await conn.fetchval(
-        f"""
-        WITH v AS (
-            INSERT INTO videos ({", ".join(names)})
-            SELECT {", ".join(names)} FROM jsonb_populate_recordset(NULL::videos, $1::text::jsonb)),
-        j AS (
-            INSERT INTO jobs (id, video_id, workspace_id, state, provider, deadline_at,
-                              created_at, updated_at)
-            SELECT id, video_id, workspace_id, 'queued', provider, deadline_at, created_at,
-                   created_at
-              FROM unnest($2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::timestamptz[],
-                          $7::timestamptz[])
-                   AS j(id, video_id, workspace_id, provider, deadline_at, created_at)),
-        e AS (SELECT * FROM unnest($9::text[], $10::uuid[], $11::bytea[])
-                  WITH ORDINALITY AS e(key, event_id, payload, n)),
-        queued AS ({outbox.insert_from("e", topic="$12")}),
-        hold AS (SELECT * FROM unnest($4::uuid[], $2::uuid[], $8::bigint[])
-                                 AS h(workspace_id, job_id, amount)),
-        led AS (
-            INSERT INTO credit_ledger (workspace_id, kind, amount, job_id, reason)
-            SELECT workspace_id, 'reserve', amount, job_id, 'video request' FROM hold),
-        reserved AS (
-            UPDATE workspaces w SET credits_reserved = credits_reserved + t.total
-              FROM (SELECT workspace_id, sum(amount) AS total FROM hold GROUP BY workspace_id
-                     ORDER BY workspace_id) t
-             WHERE w.id = t.workspace_id
-               AND (NOT $13 OR w.credits_balance - w.credits_reserved >= t.total)
-            RETURNING w.id)
-        SELECT (SELECT count(*) FROM reserved), pg_notify($14, '')
-        """,
-        json.dumps(videos, default=str), *job_columns, [quotes[v] for v in job_columns[1]],
-        [key for key, _ in events],
-        [event.event_id for _, event in events],  # type: ignore[attr-defined]
-        [event.model_dump_json().encode() for _, event in events], TOPIC_JOBS, check,
-        outbox.NOTIFY_CHANNEL,
-    )
-    return int(reserved) == len(workspaces)
+    try:
+        await conn.execute(
+            f"""
+            WITH v AS (
+                INSERT INTO videos ({", ".join(names)})
+                SELECT {", ".join(names)}
+                  FROM jsonb_populate_recordset(NULL::videos, $1::text::jsonb)),
+            j AS (
+                INSERT INTO jobs (id, video_id, workspace_id, state, provider, deadline_at,
+                                  created_at, updated_at)
+                SELECT id, video_id, workspace_id, 'queued', provider, deadline_at, created_at,
+                       created_at
+                  FROM unnest($2::uuid[], $3::uuid[], $4::uuid[], $5::text[],
+                              $6::timestamptz[], $7::timestamptz[])
+                       AS j(id, video_id, workspace_id, provider, deadline_at, created_at)),
+            e AS (SELECT * FROM unnest($9::text[], $10::uuid[], $11::bytea[])
+                      WITH ORDINALITY AS e(key, event_id, payload, n)),
+            queued AS ({outbox.insert_from("e", topic="$12")}),
+            claimed AS ({idempotency.complete_from(
+                "unnest($15::uuid[], $16::text[], $17::int[], $18::text[], $19::uuid[])"
+                " AS c(workspace_id, key, status, body, video_id)")}),
+            hold AS (SELECT * FROM unnest($4::uuid[], $2::uuid[], $8::bigint[])
+                                     AS h(workspace_id, job_id, amount)),
+            led AS (
+                INSERT INTO credit_ledger (workspace_id, kind, amount, job_id, reason)
+                SELECT workspace_id, 'reserve', amount, job_id, 'video request' FROM hold),
+            reserved AS (
+                UPDATE workspaces w SET credits_reserved = credits_reserved + t.total
+                  FROM (SELECT workspace_id, sum(amount) AS total FROM hold
+                         GROUP BY workspace_id ORDER BY workspace_id) t
+                 WHERE w.id = t.workspace_id
+                   AND (NOT $13 OR w.credits_balance - w.credits_reserved >= t.total)
+                RETURNING w.id)
+            SELECT influgen_require((SELECT count(*) FROM reserved) = $20,
+                                    'the credits available changed'), pg_notify($14, '')
+            """,
+            json.dumps(videos, default=str), *job_columns, [quotes[v] for v in job_columns[1]],
+            [key for key, _ in events],
+            [event.event_id for _, event in events],  # type: ignore[attr-defined]
+            [event.model_dump_json().encode() for _, event in events], TOPIC_JOBS, check,
+            outbox.NOTIFY_CHANNEL, [c[0] for c in claims], [c[1] for c in claims],
+            [c[2] for c in claims], [json.dumps(c[3]) for c in claims], [c[4] for c in claims],
+            len(workspaces),
+        )
+    except asyncpg.PostgresError as exc:
+        if exc.sqlstate == REQUIREMENT_FAILED:
+            return False
+        raise
+    return True

@@ -4,9 +4,11 @@ if each had been alone, on the real database."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 from uuid import UUID, uuid4
 
 import asyncpg
@@ -161,6 +163,40 @@ async def test_credits_spent_meanwhile_are_not_spent_twice(
         assert await conn.fetchval(
             "SELECT count(*) FROM outbox WHERE topic = $1 AND key = $2", TOPIC_JOBS,
             str(outcomes[0].id)) == 1
+
+
+class OneConnection:
+    """A pool of one connection the test holds (to watch what is sent on it)."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    @contextlib.asynccontextmanager
+    async def acquire(self) -> AsyncIterator[Any]:
+        yield self.conn
+
+
+async def test_a_group_commit_takes_two_statements_and_no_transaction(
+    pool: asyncpg.Pool
+) -> None:
+    """HTTP requests written together: the read, then the write, which is atomic on its own
+    (no BEGIN and COMMIT: the workspace row it locks is held only while it runs)."""
+    ws, character = await workspace_with_character(pool, credits=1000)
+    async with pool.acquire() as conn:
+        deps = handlers.IntakeDeps(pool=cast(asyncpg.Pool, OneConnection(conn)),
+                                   catalog=CATALOG, job_deadline=timedelta(hours=1))
+        writer = handlers.video_writer(deps, max_batch=10, max_concurrent=1)
+        await writer.submit(request(ws, character, 8))  # asyncpg's array type lookups
+        with Statements(conn) as statements:
+            outcomes = await asyncio.gather(
+                *(writer.submit(request(ws, character, 8)) for _ in range(3)))
+            sent = await statements.sent()
+    assert len({video.id for video in outcomes}) == 3
+    assert writer.batches == 2
+    assert len(sent) == 2, sent
+    assert not any(q.split()[0].upper() in ("BEGIN", "COMMIT") for q in sent), sent
+    assert await pool.fetchval(
+        "SELECT credits_reserved FROM workspaces WHERE id = $1", ws.id) == 4 * 8
 
 
 async def test_concurrent_http_requests_share_transactions(client: Client,
