@@ -248,7 +248,7 @@ async def _create_videos(deps: IntakeDeps, conn: Conn, items: Sequence[NewVideo]
             claims.append((workspace.id, item.claimed_key, 202,
                            resource.model_dump(mode="json"), video_id))
         outcomes[i] = resource
-    # Last: the workspace rows are locked from here to the commit.
+    # Last: the workspace rows it locks stay locked until the commit (in a transaction).
     if not await repo.create(conn, videos=videos, jobs=jobs, events=events, claims=claims,
                              check=not lock_first):
         raise CreditsMoved()
