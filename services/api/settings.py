@@ -18,7 +18,7 @@ class ApiSettings(CommonSettings):
     #: Requests per second per workspace (per api process); 0 turns the limit off.
     rate_limit_per_second: float = 50.0
     rate_limit_burst: float = 100.0
-    #: Group commit of new videos: at most this many requests share a transaction, and at
-    #: most this many such transactions run at once.
+    #: Group commit of new videos: at most this many requests are written together, and at
+    #: most this many such batches are written at once.
     intake_batch_max: int = 128
     intake_batch_concurrency: int = 2
