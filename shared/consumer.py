@@ -1,7 +1,8 @@
 """What every Kafka entrypoint does around its handler.
 
 Subscribers take what the broker has ready as one batch (up to `MAX_BATCH` records) and
-apply it in one transaction: one commit, one offset commit and one pass through FastStream
+apply it in one transaction (or, for a handler that writes with one statement, in that
+statement alone): one commit, one offset commit and one pass through FastStream
 for the batch instead of one of each per message, which is most of a consumer's cost when
 the handlers are short. Under light load a batch is one message and nothing waits for a
 batch to fill.

@@ -78,9 +78,9 @@ def to_resource(row: Any) -> VideoResource:
 
 def completed_resource(row: Any, *, status: str, review_state: str | None,
                        media: dict[str, Any] | None, charged: int, at: datetime) -> VideoResource:
-    """The resource of a video (`row` with `COLUMNS`, read in the same transaction) as it
-    reads once the finalizer's completion of it commits: settled, in its final state, with
-    `completed_at` and `updated_at` at `at` (the transaction's `now()`)."""
+    """The resource of a video (`row` with `COLUMNS`) as it reads once the finalizer's
+    completion of it commits: settled, in its final state, with `completed_at` and
+    `updated_at` at `at` (the time the completion writes into the row)."""
     return to_resource({
         **row, "status": status, "review_state": review_state, "media": media,
         "credits_charged": charged, "completed_at": at, "updated_at": at, "settled": True,
