@@ -69,6 +69,8 @@ class IntakeDeps:
     pool: asyncpg.Pool
     catalog: Catalog
     job_deadline: timedelta
+    #: sends the job events of writes that commit on their own at once (`shared.outbox`)
+    publisher: outbox.Publisher | None = None
 
 
 async def create_workspace(
@@ -250,7 +252,7 @@ async def _create_videos(deps: IntakeDeps, conn: Conn, items: Sequence[NewVideo]
         outcomes[i] = resource
     # Last: the workspace rows it locks stay locked until the commit (in a transaction).
     if not await repo.create(conn, videos=videos, jobs=jobs, events=events, claims=claims,
-                             check=not lock_first):
+                             check=not lock_first, publisher=deps.publisher):
         raise CreditsMoved()
     return _all_decided(outcomes)
 

@@ -36,17 +36,19 @@ from shared.catalog import Catalog
 from shared.consumer import stop_broker
 from shared.db import DATABASE_ERRORS, create_pool, migrate
 from shared.kafka import make_broker
-from shared.outbox import OutboxRelay
+from shared.outbox import OutboxRelay, Publisher
 from shared.runtime import cancel, configure_logging, mark_ready, run, serve_until_stopped
 
 log = logging.getLogger("influgen.api")
 
 
-def intake_deps(settings: ApiSettings, pool: asyncpg.Pool) -> IntakeDeps:
+def intake_deps(settings: ApiSettings, pool: asyncpg.Pool,
+                publisher: Publisher | None = None) -> IntakeDeps:
     return IntakeDeps(
         pool=pool,
         catalog=Catalog.load(settings.catalog_path),
         job_deadline=timedelta(seconds=settings.job_deadline_seconds),
+        publisher=publisher,
     )
 
 
@@ -96,7 +98,8 @@ async def serve(settings: ApiSettings) -> None:
     pool = await create_pool(
         settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max
     )
-    deps = intake_deps(settings, pool)
+    publisher = Publisher(pool=pool, bootstrap_servers=settings.kafka_bootstrap_servers)
+    deps = intake_deps(settings, pool, publisher)
     broker = make_broker(settings.kafka_bootstrap_servers, "influgen-api")
     consumer.register(broker, deps=deps, group_id=settings.consumer_group,
                       fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
@@ -107,6 +110,7 @@ async def serve(settings: ApiSettings) -> None:
     )
     hub = VideoEventHub(settings.database_url)
     tasks = [asyncio.create_task(relay.run(), name="outbox-relay"),
+             asyncio.create_task(publisher.run(), name="outbox-publisher"),
              asyncio.create_task(purge_idempotency_keys(pool), name="idempotency-purge"),
              asyncio.create_task(hub.run(), name="video-events")]
     app = build_app(settings, pool, broker, deps, hub)

@@ -166,7 +166,8 @@ REQUIREMENT_FAILED = "IG001"
 async def create(conn: Conn, *, videos: list[dict[str, Any]],
                  jobs: list[tuple[UUID, UUID, UUID, str, datetime, datetime]],
                  events: Sequence[tuple[str, BaseModel]],
-                 claims: Sequence[tuple[UUID, str, int, Any, UUID | None]], check: bool) -> bool:
+                 claims: Sequence[tuple[UUID, str, int, Any, UUID | None]], check: bool,
+                 publisher: outbox.Publisher | None = None) -> bool:
     """Insert videos (dicts of column values, all with the same columns), their queued
     jobs (`(id, video_id, workspace_id, provider, deadline_at, created_at)`), the job
     events (into the outbox), the credit reservations (each job holds its video's
@@ -176,13 +177,17 @@ async def create(conn: Conn, *, videos: list[dict[str, Any]],
     and nothing was written (in a transaction, the caller must roll back to before the
     statement). Without, the caller has checked the amounts against rows it locked. The
     workspace rows are locked until commit: outside a transaction, only while the
-    statement runs; inside one, call it last."""
+    statement runs; inside one, call it last. Outside a transaction, `publisher` sends the
+    job events at once (see `shared.outbox.EagerWrite`)."""
+    write = outbox.EagerWrite(publisher, conn)
+    payloads = {event.event_id: (key, event.model_dump_json().encode())  # type: ignore[attr-defined]
+                for key, event in events}
     names = list(videos[0])
     workspaces = {job[2] for job in jobs}
     quotes = {video["id"]: video["credits_quoted"] for video in videos}
     job_columns = columns(jobs)
     try:
-        await conn.execute(
+        result = await conn.fetchrow(
             f"""
             WITH v AS (
                 INSERT INTO videos ({", ".join(names)})
@@ -198,7 +203,7 @@ async def create(conn: Conn, *, videos: list[dict[str, Any]],
                        AS j(id, video_id, workspace_id, provider, deadline_at, created_at)),
             e AS (SELECT * FROM unnest($9::text[], $10::uuid[], $11::bytea[])
                       WITH ORDINALITY AS e(key, event_id, payload, n)),
-            queued AS ({outbox.insert_from("e", topic="$12")}),
+            queued AS ({outbox.insert_from("e", topic="$12", eager="$14")}),
             claimed AS ({idempotency.complete_from(
                 "unnest($15::uuid[], $16::text[], $17::int[], $18::text[], $19::uuid[])"
                 " AS c(workspace_id, key, status, body, video_id)")}),
@@ -215,13 +220,14 @@ async def create(conn: Conn, *, videos: list[dict[str, Any]],
                    AND (NOT $13 OR w.credits_balance - w.credits_reserved >= t.total)
                 RETURNING w.id)
             SELECT influgen_require((SELECT count(*) FROM reserved) = $20,
-                                    'the credits available changed'), pg_notify($14, '')
+                                    'the credits available changed'),
+                   {outbox.wake_relay("$14")}, {outbox.inserted("queued")}
             """,
             json.dumps(videos, default=str), *job_columns, [quotes[v] for v in job_columns[1]],
             [key for key, _ in events],
             [event.event_id for _, event in events],  # type: ignore[attr-defined]
-            [event.model_dump_json().encode() for _, event in events], TOPIC_JOBS, check,
-            outbox.NOTIFY_CHANNEL, [c[0] for c in claims], [c[1] for c in claims],
+            [payloads[event.event_id][1] for _, event in events],  # type: ignore[attr-defined]
+            TOPIC_JOBS, check, write.eager, [c[0] for c in claims], [c[1] for c in claims],
             [c[2] for c in claims], [json.dumps(c[3]) for c in claims], [c[4] for c in claims],
             len(workspaces),
         )
@@ -229,4 +235,5 @@ async def create(conn: Conn, *, videos: list[dict[str, Any]],
         if exc.sqlstate == REQUIREMENT_FAILED:
             return False
         raise
+    write.publish(result, topic=TOPIC_JOBS, events=payloads)
     return True

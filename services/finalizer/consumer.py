@@ -15,6 +15,7 @@ from shared.catalog import Catalog
 from shared.consumer import subscribe
 from shared.db import Conn
 from shared.events import TOPIC_COMPLETED, TOPIC_GENERATED, GenerationEvent, VideoCompleted
+from shared.outbox import Publisher
 
 
 def register_webhooks(broker: KafkaBroker, *, pool: asyncpg.Pool, sender: WebhookSender,
@@ -32,9 +33,10 @@ def register_webhooks(broker: KafkaBroker, *, pool: asyncpg.Pool, sender: Webhoo
 
 
 def register(broker: KafkaBroker, *, pool: asyncpg.Pool, catalog: Catalog, group_id: str,
-             fetch_max_wait_ms: int, instance_id: str = "") -> None:
+             fetch_max_wait_ms: int, instance_id: str = "",
+             publisher: Publisher | None = None) -> None:
     async def handle(conn: Conn, events: Sequence[tuple[GenerationEvent, bytes]]) -> None:
-        await finalize_many(conn, [event for event, _ in events], catalog)
+        await finalize_many(conn, [event for event, _ in events], catalog, publisher)
 
     subscribe(
         broker, topic=TOPIC_GENERATED, adapter=TypeAdapter(GenerationEvent), consumer=CONSUMER,

@@ -22,6 +22,7 @@ from shared.events import (
     VideoGenerationFailed,
     VideoGenerationSucceeded,
 )
+from shared.outbox import Publisher
 from shared.videos import completed_resource, completion_event_id
 
 CONSUMER = "finalizer"
@@ -52,7 +53,8 @@ def settlement(event: GenerationOutcome, ctx: Any, catalog: Catalog) -> Settleme
 
 
 async def finalize_many(conn: Conn, events: Sequence[GenerationOutcome],
-                        catalog: Catalog) -> list[VideoCompleted]:
+                        catalog: Catalog, publisher: Publisher | None = None
+                        ) -> list[VideoCompleted]:
     """Apply the events in order; the completion events they produced (an event seen
     before, of an unknown job, or of a job already settled produces none). Two round trips
     whatever the batch's size: what the jobs' settlement needs, then the inbox and every
@@ -73,7 +75,8 @@ async def finalize_many(conn: Conn, events: Sequence[GenerationOutcome],
                                      media=s.media, charged=s.charge, at=row["now"])))
     settled = await repo.settle(conn, consumer=CONSUMER,
                                 event_ids=[event.event_id for event in events],
-                                settlements=list(firsts.values()), topic=TOPIC_COMPLETED)
+                                settlements=list(firsts.values()), topic=TOPIC_COMPLETED,
+                                publisher=publisher)
     return [completed for s, completed in firsts.values() if s.job_id in settled]
 
 

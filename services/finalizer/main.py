@@ -1,4 +1,4 @@
-"""Composition root of the finalizer: settings, pool, broker, relay."""
+"""Composition root of the finalizer: settings, pool, broker, relay, publisher."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from shared.catalog import Catalog
 from shared.consumer import stop_broker
 from shared.db import create_pool, migrate
 from shared.kafka import make_broker
-from shared.outbox import OutboxRelay
+from shared.outbox import OutboxRelay, Publisher
 from shared.runtime import cancel, configure_logging, mark_ready, run, serve_until_stopped
 
 log = logging.getLogger("influgen.finalizer")
@@ -27,10 +27,11 @@ async def serve(settings: FinalizerSettings) -> None:
         settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max
     )
     broker = make_broker(settings.kafka_bootstrap_servers, "influgen-finalizer")
+    publisher = Publisher(pool=pool, bootstrap_servers=settings.kafka_bootstrap_servers)
     consumer.register(broker, pool=pool, catalog=Catalog.load(settings.catalog_path),
                       group_id=settings.consumer_group,
                       fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
-                      instance_id=settings.instance_id)
+                      instance_id=settings.instance_id, publisher=publisher)
     http = aiohttp.ClientSession()
     webhook_cfg = WebhookConfig(
         retry_base_seconds=settings.webhook_retry_base_seconds,
@@ -47,6 +48,7 @@ async def serve(settings: FinalizerSettings) -> None:
                         bootstrap_servers=settings.kafka_bootstrap_servers)
     await broker.start()
     tasks = [asyncio.create_task(relay.run(), name="outbox-relay"),
+             asyncio.create_task(publisher.run(), name="outbox-publisher"),
              asyncio.create_task(sender.run(), name="webhook-sender")]
     log.info("finalizer running")
     mark_ready(settings.ready_file)

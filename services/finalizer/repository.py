@@ -60,18 +60,22 @@ async def unapplied_outcomes(conn: Conn, *, consumer: str,
 
 async def settle(conn: Conn, *, consumer: str, event_ids: Sequence[UUID],
                  settlements: Sequence[tuple[Settlement, VideoCompleted]],
-                 topic: str) -> set[UUID]:
+                 topic: str, publisher: outbox.Publisher | None = None) -> set[UUID]:
     """Record `event_ids` in the inbox and settle jobs, each with the completion event it
     produces, in one statement, atomic without a transaction; the jobs settled now. A
     settlement takes effect only if its event is new to the inbox and its job has none yet
     (the first terminal state wins: a concurrent settlement of the same job waits for the
     other's commit, then does nothing). For each job settled: the settlement; the ledger
     entries (charge `charge` of the reservation, release the rest); the video's final state;
-    the event, into the outbox (as `shared.outbox.enqueue_many` writes it, with its wake-up
-    signal); and the credits out of the workspace's balance and reservation (in id order,
-    as intake locks them). Outside a transaction the workspace rows stay locked only while
-    the statement runs, not for a round trip to the client as well: intake needs them for
-    every new request."""
+    the event, into the outbox (as `shared.outbox.enqueue_many` writes it, with the
+    relay's wake-up unless it is eager); and the credits out of the workspace's balance
+    and reservation (in id order, as intake locks them). Outside a transaction the
+    workspace rows stay locked only while the statement runs, not for a round trip to the
+    client as well: intake needs them for every new request. Outside a transaction,
+    `publisher` sends the events at once (see `shared.outbox.EagerWrite`)."""
+    write = outbox.EagerWrite(publisher, conn)
+    payloads = {event.event_id: (str(s.video_id), event.model_dump_json().encode())
+                for s, event in settlements}
     rows = await conn.fetch(
         f"""
         WITH new AS ({inbox.record("$14", "$15")}),
@@ -101,14 +105,15 @@ async def settle(conn: Conn, *, consumer: str, event_ids: Sequence[UUID],
                                 completed_at = d.at, updated_at = d.at
               FROM done d WHERE v.id = d.video_id),
         events AS ({outbox.insert_from(
-            "(SELECT video_id::text AS key, event_id, payload, n FROM done)", topic="$12")}),
+            "(SELECT video_id::text AS key, event_id, payload, n FROM done)", topic="$12",
+            eager="$13")}),
         balances AS (
             UPDATE workspaces w SET credits_balance = credits_balance - t.charged,
                                     credits_reserved = credits_reserved - t.reserved
               FROM (SELECT workspace_id, sum(charged) AS charged, sum(reserved) AS reserved
                       FROM done GROUP BY workspace_id ORDER BY workspace_id) t
              WHERE w.id = t.workspace_id)
-        SELECT job_id, pg_notify($13, '') FROM done
+        SELECT job_id, {outbox.wake_relay("$13")}, {outbox.inserted("events")} FROM done
         """,
         [s.job_id for s, _ in settlements], [s.video_id for s, _ in settlements],
         [s.workspace_id for s, _ in settlements], [s.outcome for s, _ in settlements],
@@ -116,8 +121,9 @@ async def settle(conn: Conn, *, consumer: str, event_ids: Sequence[UUID],
         [s.status for s, _ in settlements], [s.review_state for s, _ in settlements],
         [json.dumps(s.media) if s.media is not None else None for s, _ in settlements],
         [event.event_id for _, event in settlements],
-        [event.model_dump_json().encode() for _, event in settlements],
-        topic, outbox.NOTIFY_CHANNEL, consumer, list(event_ids),
+        [payloads[event.event_id][1] for _, event in settlements],
+        topic, write.eager, consumer, list(event_ids),
         [s.source_event_id for s, _ in settlements], [s.at for s, _ in settlements],
     )
+    write.publish(rows[0] if rows else None, topic=topic, events=payloads)
     return {row["job_id"] for row in rows}

@@ -1,4 +1,5 @@
-"""Composition root of the generator: settings, pool, broker, providers, workers, relay."""
+"""Composition root of the generator: settings, pool, broker, providers, workers, relay,
+publisher."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from services.generator.worker import Worker, WorkerConfig
 from shared.consumer import stop_broker
 from shared.db import create_pool, migrate
 from shared.kafka import make_broker
-from shared.outbox import OutboxRelay
+from shared.outbox import OutboxRelay, Publisher
 from shared.runtime import cancel, configure_logging, mark_ready, run, serve_until_stopped
 
 log = logging.getLogger("influgen.generator")
@@ -48,10 +49,11 @@ def build_providers(
 
 
 def build_worker(settings: GeneratorSettings, pool: asyncpg.Pool,
-                 providers: dict[str, Provider], media: MediaStore, metrics: Metrics) -> Worker:
+                 providers: dict[str, Provider], media: MediaStore, metrics: Metrics,
+                 publisher: Publisher | None = None) -> Worker:
     owner = settings.instance_id or f"{socket.gethostname()}:{os.getpid()}"
     return Worker(
-        pool=pool, providers=providers, media=media, metrics=metrics,
+        pool=pool, providers=providers, media=media, metrics=metrics, publisher=publisher,
         cfg=WorkerConfig(owner=owner, concurrency=settings.concurrency,
                          provider_concurrency=settings.provider_concurrency,
                          reclaim_on_start=bool(settings.instance_id),
@@ -75,8 +77,9 @@ async def serve(settings: GeneratorSettings) -> None:
     metrics = Metrics()
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr="127.0.0.1", registry=metrics.registry)
+    publisher = Publisher(pool=pool, bootstrap_servers=settings.kafka_bootstrap_servers)
     worker = build_worker(settings, pool, build_providers(settings, executor, http), media,
-                          metrics)
+                          metrics, publisher)
     broker = make_broker(settings.kafka_bootstrap_servers, "influgen-generator")
     consumer.register(broker, pool=pool, worker=worker, group_id=settings.consumer_group,
                       fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
@@ -85,7 +88,8 @@ async def serve(settings: GeneratorSettings) -> None:
                         bootstrap_servers=settings.kafka_bootstrap_servers)
     await broker.start()
     tasks = [asyncio.create_task(worker.run(), name="worker"),
-             asyncio.create_task(relay.run(), name="outbox-relay")]
+             asyncio.create_task(relay.run(), name="outbox-relay"),
+             asyncio.create_task(publisher.run(), name="outbox-publisher")]
     log.info("generator running")
     mark_ready(settings.ready_file)
     try:

@@ -147,24 +147,28 @@ async def finish(
 
 
 async def succeed(conn: Conn | asyncpg.Pool, *, owner: str,
-                  events: Sequence[VideoGenerationSucceeded]) -> set[UUID]:
+                  events: Sequence[VideoGenerationSucceeded],
+                  publisher: outbox.Publisher | None = None) -> set[UUID]:
     """End the events' jobs as succeeded, those this process still holds, and put their
-    events into the outbox; one statement (atomic without a transaction of its own). The
-    ids of the jobs ended."""
+    events into the outbox; one statement (atomic without a transaction of its own), whose
+    events `publisher` sends at once (see `shared.outbox.EagerWrite`). The ids of the jobs
+    ended."""
+    write = outbox.EagerWrite(publisher, conn)
+    payloads = {e.event_id: (str(e.video_id), e.model_dump_json().encode()) for e in events}
     rows = await conn.fetch(
         f"""
         WITH done AS ({_FINISH}),
         e AS (SELECT * FROM unnest($1::uuid[], $5::text[], $6::uuid[], $7::bytea[])
                   WITH ORDINALITY AS e(job_id, key, event_id, payload, n)
                WHERE job_id IN (SELECT id FROM done)),
-        events AS ({outbox.insert_from("e", topic="$8")})
-        SELECT id, pg_notify($9, '') FROM done
+        events AS ({outbox.insert_from("e", topic="$8", eager="$9")})
+        SELECT id, {outbox.wake_relay("$9")}, {outbox.inserted("events")} FROM done
         """,
         [e.job_id for e in events], owner, "succeeded", None,
-        [str(e.video_id) for e in events], [e.event_id for e in events],
-        [e.model_dump_json().encode() for e in events], TOPIC_GENERATED,
-        outbox.NOTIFY_CHANNEL,
+        [payloads[e.event_id][0] for e in events], [e.event_id for e in events],
+        [payloads[e.event_id][1] for e in events], TOPIC_GENERATED, write.eager,
     )
+    write.publish(rows[0] if rows else None, topic=TOPIC_GENERATED, events=payloads)
     return {row["id"] for row in rows}
 
 

@@ -133,8 +133,11 @@ CANCELED = JobError(code="canceled", message="the video was canceled", retryable
 
 class Worker:
     def __init__(self, *, pool: asyncpg.Pool, providers: dict[str, Provider],
-                 media: MediaStore, cfg: WorkerConfig, metrics: Metrics | None = None) -> None:
+                 media: MediaStore, cfg: WorkerConfig, metrics: Metrics | None = None,
+                 publisher: outbox.Publisher | None = None) -> None:
         self._pool = pool
+        #: sends the success events as soon as they are written (see `shared.outbox`)
+        self._publisher = publisher
         self._providers = providers
         self._media = media
         self._cfg = cfg
@@ -377,7 +380,8 @@ class Worker:
     async def _record_successes(self, events: list[VideoGenerationSucceeded]) -> list[bool]:
         """End the jobs as succeeded and enqueue their events, in one statement; for each,
         whether this process still held it."""
-        done = await repo.succeed(self._pool, owner=self._cfg.owner, events=events)
+        done = await repo.succeed(self._pool, owner=self._cfg.owner, events=events,
+                                  publisher=self._publisher)
         return [e.job_id in done for e in events]
 
     async def _end(self, spec: JobSpec, workspace_id: UUID, state: str, error: JobError) -> None:

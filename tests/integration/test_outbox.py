@@ -1,14 +1,24 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
+from collections.abc import Awaitable, Callable
 from uuid import uuid4
 
 import asyncpg
 import pytest
 
 from shared.events import TOPIC_REJECTED, FieldError, VideoRequestRejected
-from shared.outbox import OutboxRelay, enqueue
+from shared.outbox import (
+    EagerWrite,
+    OutboxRelay,
+    Publisher,
+    enqueue,
+    insert_from,
+    inserted,
+    wake_relay,
+)
 from tests.infra import Infra
 from tests.kafka_tools import read_topic
 
@@ -128,3 +138,95 @@ async def test_only_one_relay_is_active(infra: Infra) -> None:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _write_eager(pool: asyncpg.Pool, publisher: Publisher,
+                       *events: VideoRequestRejected) -> bool:
+    """Write `events` as the services' one-statement writes do (`shared.outbox` helpers),
+    outside a transaction, and hand them to `publisher`; whether they were written eager."""
+    write = EagerWrite(publisher, pool)
+    payloads = {e.event_id: (e.request_id, e.model_dump_json().encode()) for e in events}
+    row = await pool.fetchrow(
+        "WITH e AS (SELECT * FROM unnest($1::text[], $2::uuid[], $3::bytea[])"
+        " WITH ORDINALITY AS e(key, event_id, payload, n)),"
+        f" ins AS ({insert_from('e', topic='$4', eager='$5')})"
+        f" SELECT {wake_relay('$5')}, {inserted('ins')}",
+        [e.request_id for e in events], [e.event_id for e in events],
+        [payloads[e.event_id][1] for e in events], TOPIC_REJECTED, write.eager)
+    write.publish(row, topic=TOPIC_REJECTED, events=payloads)
+    return write.eager
+
+
+async def _until(check: Callable[[], bool | Awaitable[bool]], seconds: float) -> bool:
+    """Whether `check` held within `seconds`."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+    while loop.time() < end:
+        result = check()
+        if await result if inspect.isawaitable(result) else result:
+            return True
+        await asyncio.sleep(0.02)
+    return False
+
+
+async def test_publisher_sends_eager_rows_itself_and_the_relay_leaves_them(
+    infra: Infra, pool: asyncpg.Pool, unique: str
+) -> None:
+    # The relay runs with a short poll interval and a long grace: it would find the rows
+    # at once if it did not leave eager rows to their publisher.
+    relay = OutboxRelay(dsn=infra.database_url, bootstrap_servers=infra.bootstrap_servers,
+                        poll_interval=0.05, eager_grace=30)
+    publisher = Publisher(pool=pool, bootstrap_servers=infra.bootstrap_servers)
+    tasks = [asyncio.create_task(relay.run()), asyncio.create_task(publisher.run())]
+    try:
+        assert await _until(lambda: relay.active and publisher.ready, 10)
+        events = [_event(f"eager-{n}-{unique}") for n in range(5)]
+        assert await _write_eager(pool, publisher, *events)
+        # Sent and acknowledged, then deleted by the publisher (every 50 ms).
+        async def all_deleted() -> bool:
+            return all([await _pending(pool, e) == 0 for e in events])
+        assert await _until(all_deleted, 5)
+        await asyncio.sleep(0.3)  # several relay polls
+        assert [await _copies_on_kafka(infra, e) for e in events] == [1] * 5
+        assert publisher.dropped == 0
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_relay_takes_over_eager_rows_their_publisher_left_after_the_grace(
+    infra: Infra, pool: asyncpg.Pool, unique: str
+) -> None:
+    # A publisher that never connected stands for one whose process died after the commit.
+    absent = Publisher(pool=pool, bootstrap_servers=infra.bootstrap_servers)
+    events = [_event(f"left-{n}-{unique}") for n in range(3)]
+    assert await _write_eager(pool, absent, *events)
+    assert absent.dropped == 3
+    relay = OutboxRelay(dsn=infra.database_url, bootstrap_servers=infra.bootstrap_servers,
+                        poll_interval=0.05, eager_grace=2.0)
+    started = asyncio.get_running_loop().time()
+    task = asyncio.create_task(relay.run())
+    try:
+        assert await _until(lambda: relay.active, 10)
+        if asyncio.get_running_loop().time() - started < 1.0:
+            await asyncio.sleep(0.3)  # polls within the grace: the rows must stay
+            assert [await _pending(pool, e) for e in events] == [1] * 3
+        await _drain(pool, *events)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert [await _copies_on_kafka(infra, e) for e in events] == [1] * 3
+
+
+async def test_rows_written_inside_a_transaction_are_never_eager(
+    infra: Infra, pool: asyncpg.Pool
+) -> None:
+    # Sent before the commit, an event could report an effect that then rolls back.
+    publisher = Publisher(pool=pool, bootstrap_servers=infra.bootstrap_servers)
+    async with pool.acquire() as conn:
+        assert EagerWrite(publisher, conn).eager
+        async with conn.transaction():
+            assert not EagerWrite(publisher, conn).eager
+    assert EagerWrite(publisher, pool).eager
+    assert not EagerWrite(None, pool).eager
