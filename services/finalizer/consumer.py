@@ -29,6 +29,7 @@ def register_webhooks(broker: KafkaBroker, *, pool: asyncpg.Pool, sender: Webhoo
         consumer=WEBHOOKS_CONSUMER, group_id=group_id, fetch_max_wait_ms=fetch_max_wait_ms,
         description="Completion events: one signed webhook delivery per matching endpoint.",
         pool=pool, handle=handle, after=sender.wake, instance_id=instance_id,
+        one_statement=True,  # record_deliveries
     )
 
 

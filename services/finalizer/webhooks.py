@@ -1,7 +1,7 @@
 """Webhook deliveries of completion events.
 
 A consumer of `influgen.video.completed.v1` records one delivery per matching endpoint
-(with its inbox row, in one transaction); the sender posts due deliveries, signed, and
+(one statement per batch); the sender posts due deliveries, signed, and
 retries failures with exponential backoff and full jitter until `give_up_at` (hours later,
 configurable). Every attempt is logged. The `webhook-id` is the event id on every attempt,
 so a receiver can deduplicate."""
@@ -16,14 +16,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import UUID
 
 import aiohttp
 import asyncpg
 
 from shared.db import DATABASE_ERRORS, Conn, columns
 from shared.events import VideoCompleted
-from shared.inbox import first_deliveries
 from shared.runtime import wait_event
 from shared.webhooks import UrlRefused, check_url, headers
 
@@ -44,33 +43,35 @@ class WebhookConfig:
 
 async def record_deliveries(conn: Conn, events: Sequence[tuple[VideoCompleted, bytes]],
                             cfg: WebhookConfig) -> int:
-    """One pending delivery per endpoint of the event's workspace that wants its type, for
-    each event (with its payload) not seen before; three statements for the batch. Returns
-    how many deliveries were recorded."""
-    new = await first_deliveries(conn, consumer=CONSUMER,
-                                 event_ids=[event.event_id for event, _ in events])
+    """One pending delivery per endpoint of the event's workspace that wants its type and
+    existed when the event occurred, for each event (with its payload); one statement,
+    atomic on its own. A redelivered event adds nothing: a delivery is unique per endpoint
+    and event, and deliveries are kept (so no inbox row is needed, which every completion
+    event used to write whether or not its workspace has an endpoint). Returns how many
+    deliveries were recorded."""
     fresh: dict[UUID, tuple[VideoCompleted, bytes]] = {}
     for event, payload in events:
-        if event.event_id in new:
-            fresh.setdefault(event.event_id, (event, payload))
+        fresh.setdefault(event.event_id, (event, payload))
     if not fresh:
         return 0
-    endpoints = await conn.fetch(
-        "SELECT id, workspace_id, event_types FROM webhook_endpoints"
-        " WHERE workspace_id = any($1::uuid[]) AND deleted_at IS NULL",
-        list({e.workspace_id for e, _ in fresh.values()}))
-    rows = [(uuid4(), endpoint["id"], e.event_id, e.event_type, payload)
-            for e, payload in fresh.values() for endpoint in endpoints
-            if endpoint["workspace_id"] == e.workspace_id
-            and (not endpoint["event_types"] or e.event_type in endpoint["event_types"])]
-    if rows:
-        await conn.execute(
-            "INSERT INTO webhook_deliveries (id, endpoint_id, event_id, event_type, payload,"
-            " give_up_at) SELECT *, now() + $6::interval FROM unnest($1::uuid[], $2::uuid[],"
-            " $3::uuid[], $4::text[], $5::bytea[])"
-            " ON CONFLICT (endpoint_id, event_id) DO NOTHING",
-            *columns(rows), cfg.max_age)
-    return len(rows)
+    result: str = await conn.execute(
+        """
+        INSERT INTO webhook_deliveries (id, endpoint_id, event_id, event_type, payload,
+                                        give_up_at)
+        SELECT gen_random_uuid(), w.id, e.event_id, e.event_type, e.payload,
+               now() + $6::interval
+          FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::bytea[], $5::timestamptz[])
+               WITH ORDINALITY AS e(event_id, event_type, workspace_id, payload, occurred_at, n)
+          JOIN webhook_endpoints w
+            ON w.workspace_id = e.workspace_id AND w.deleted_at IS NULL
+           AND w.created_at <= e.occurred_at
+           AND (cardinality(w.event_types) = 0 OR e.event_type = any(w.event_types))
+         ORDER BY e.n, w.id
+        ON CONFLICT (endpoint_id, event_id) DO NOTHING
+        """,
+        *columns([(e.event_id, e.event_type, e.workspace_id, payload, e.occurred_at)
+                  for e, payload in fresh.values()]), cfg.max_age)
+    return int(result.split()[-1])
 
 
 class WebhookSender:

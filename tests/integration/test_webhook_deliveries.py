@@ -1,0 +1,119 @@
+"""The webhook consumer's write: one delivery per matching endpoint and event, in one
+statement, and nothing more when Kafka delivers an event again."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+from typing import cast
+from uuid import UUID, uuid4
+
+import asyncpg
+import pytest
+
+from devstack.proc import free_port
+from services.api import handlers
+from services.finalizer.webhooks import WebhookConfig, record_deliveries
+from shared.events import CompletedType, VideoCompleted, VideoResource, utcnow
+from shared.webhooks import new_secret
+from tests.integration.conftest import Statements
+
+pytestmark = pytest.mark.integration
+CFG = WebhookConfig()
+
+
+@pytest.fixture
+async def endpoints(pool: asyncpg.Pool) -> AsyncIterator[list[UUID]]:
+    """The endpoints a test makes; removed with their deliveries afterwards, so that no
+    finalizer sharing the database (the end-to-end tests') tries to deliver them."""
+    made: list[UUID] = []
+    yield made
+    await pool.execute("DELETE FROM webhook_deliveries WHERE endpoint_id = any($1)", made)
+    await pool.execute("DELETE FROM webhook_endpoints WHERE id = any($1)", made)
+
+
+async def _workspace(pool: asyncpg.Pool) -> UUID:
+    ws = await handlers.create_workspace(pool, name="hooks", credits=0, sandbox=True)
+    return UUID(ws["id"])
+
+
+async def _endpoint(pool: asyncpg.Pool, made: list[UUID], workspace_id: UUID, *,
+                    types: list[str], created_at: datetime, deleted: bool = False) -> UUID:
+    endpoint_id = uuid4()
+    made.append(endpoint_id)
+    await pool.execute(
+        "INSERT INTO webhook_endpoints (id, workspace_id, url, secret, event_types,"
+        " created_at, deleted_at) VALUES ($1, $2, $3, $4, $5, $6, CASE WHEN $7 THEN now() END)",
+        endpoint_id, workspace_id, f"http://127.0.0.1:{free_port()}/hook", new_secret(), types,
+        created_at, deleted)
+    return endpoint_id
+
+
+def _event(workspace_id: UUID, event_type: CompletedType, occurred_at: datetime
+           ) -> tuple[VideoCompleted, bytes]:
+    # Only the envelope's fields decide the deliveries, and the payload is stored as given:
+    # the event is built without its video resource.
+    event = VideoCompleted.model_construct(
+        event_id=uuid4(), event_type=event_type, workspace_id=workspace_id,
+        occurred_at=occurred_at, correlation_id="t", video=cast(VideoResource, None))
+    return event, f'{{"event_id": "{event.event_id}"}}'.encode()
+
+
+async def _deliveries(pool: asyncpg.Pool, *events: tuple[VideoCompleted, bytes]
+                      ) -> set[tuple[UUID, UUID]]:
+    rows = await pool.fetch(
+        "SELECT endpoint_id, event_id FROM webhook_deliveries WHERE event_id = any($1)",
+        [event.event_id for event, _ in events])
+    return {(row["endpoint_id"], row["event_id"]) for row in rows}
+
+
+async def test_one_delivery_per_matching_endpoint_in_one_statement(
+    pool: asyncpg.Pool, endpoints: list[UUID]
+) -> None:
+    ws, other = await _workspace(pool), await _workspace(pool)
+    before = utcnow() - timedelta(minutes=1)
+    every = await _endpoint(pool, endpoints, ws, types=[], created_at=before)
+    approved_only = await _endpoint(pool, endpoints, ws, types=["video.approved"],
+                                    created_at=before)
+    await _endpoint(pool, endpoints, ws, types=["video.failed"], created_at=before, deleted=True)
+    await _endpoint(pool, endpoints, other, types=[], created_at=before)  # another workspace's
+    approved = _event(ws, "video.approved", utcnow())
+    failed = _event(ws, "video.failed", utcnow())
+    async with pool.acquire() as conn:  # as the consumer runs it: no BEGIN, no COMMIT
+        # asyncpg introspects array types once per connection: not the use case's cost
+        await record_deliveries(conn, [_event(other, "video.ready", before)], CFG)
+        with Statements(conn) as statements:
+            assert await record_deliveries(conn, [approved, failed], CFG) == 3
+            assert len(await statements.sent()) == 1
+    assert await _deliveries(pool, approved, failed) == {
+        (every, approved[0].event_id), (approved_only, approved[0].event_id),
+        (every, failed[0].event_id)}
+    payload = await pool.fetchval(
+        "SELECT payload FROM webhook_deliveries WHERE event_id = $1 AND endpoint_id = $2",
+        approved[0].event_id, every)
+    assert bytes(payload) == approved[1]
+
+
+async def test_a_redelivered_event_adds_nothing(pool: asyncpg.Pool, endpoints: list[UUID]
+                                                ) -> None:
+    ws = await _workspace(pool)
+    endpoint = await _endpoint(pool, endpoints, ws, types=[],
+                               created_at=utcnow() - timedelta(minutes=1))
+    event = _event(ws, "video.ready", utcnow())
+    async with pool.acquire() as conn:
+        assert await record_deliveries(conn, [event, event], CFG) == 1  # twice in a batch
+        assert await record_deliveries(conn, [event], CFG) == 0  # and again later
+    assert await _deliveries(pool, event) == {(endpoint, event[0].event_id)}
+
+
+async def test_an_endpoint_gets_only_events_that_occurred_after_it_existed(
+    pool: asyncpg.Pool, endpoints: list[UUID]
+) -> None:
+    # Kafka may deliver an old event again after a new endpoint was registered.
+    ws = await _workspace(pool)
+    old = _event(ws, "video.ready", utcnow() - timedelta(minutes=5))
+    await _endpoint(pool, endpoints, ws, types=[], created_at=utcnow() - timedelta(minutes=1))
+    async with pool.acquire() as conn:
+        assert await record_deliveries(conn, [old], CFG) == 0
+    assert await _deliveries(pool, old) == set()
+
