@@ -139,6 +139,11 @@ class WebhookSender:
             error = f"refused: {exc}"
         except (aiohttp.ClientError, TimeoutError) as exc:
             error = repr(exc)[:500]
+        except Exception as exc:
+            # One bad row (say, a secret that does not decode) is that delivery's failure:
+            # it must not end the sender, and with it the process, again at every restart.
+            log.exception("webhook delivery %s failed unexpectedly", row["id"])
+            error = f"internal error: {exc!r}"[:500]
         elapsed = int((time.monotonic() - started) * 1000)
         if status is not None and 200 <= status < 300:
             await self._finish(row, "succeeded", status, None, elapsed)

@@ -3,18 +3,21 @@ statement, and nothing more when Kafka delivers an event again."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import cast
 from uuid import UUID, uuid4
 
+import aiohttp
 import asyncpg
 import pytest
 
 from devstack.proc import free_port
 from services.api import handlers
-from services.finalizer.webhooks import WebhookConfig, record_deliveries
+from services.finalizer.webhooks import WebhookConfig, WebhookSender, record_deliveries
 from shared.events import CompletedType, VideoCompleted, VideoResource, utcnow
+from shared.runtime import stop_task
 from shared.webhooks import new_secret
 from tests.integration.conftest import Statements
 
@@ -28,6 +31,8 @@ async def endpoints(pool: asyncpg.Pool) -> AsyncIterator[list[UUID]]:
     finalizer sharing the database (the end-to-end tests') tries to deliver them."""
     made: list[UUID] = []
     yield made
+    await pool.execute("DELETE FROM webhook_attempts WHERE delivery_id IN (SELECT id FROM"
+                       " webhook_deliveries WHERE endpoint_id = any($1))", made)
     await pool.execute("DELETE FROM webhook_deliveries WHERE endpoint_id = any($1)", made)
     await pool.execute("DELETE FROM webhook_endpoints WHERE id = any($1)", made)
 
@@ -117,3 +122,36 @@ async def test_an_endpoint_gets_only_events_that_occurred_after_it_existed(
         assert await record_deliveries(conn, [old], CFG) == 0
     assert await _deliveries(pool, old) == set()
 
+
+async def test_a_delivery_that_cannot_be_signed_fails_alone(
+    pool: asyncpg.Pool, endpoints: list[UUID]
+) -> None:
+    """A row the sender cannot use (here a secret that does not decode) is that delivery's
+    failed attempt; the sender goes on, rather than ending the process at every restart."""
+    ws = await _workspace(pool)
+    endpoint = await _endpoint(pool, endpoints, ws, types=[],
+                               created_at=utcnow() - timedelta(minutes=1))
+    await pool.execute("UPDATE webhook_endpoints SET secret = 'whsec_x' WHERE id = $1", endpoint)
+    event = _event(ws, "video.ready", utcnow())
+    async with pool.acquire() as conn:
+        assert await record_deliveries(conn, [event], CFG) == 1
+    cfg = WebhookConfig(allow_private=True, poll_interval=0.05, retry_base_seconds=60)
+    async with aiohttp.ClientSession() as http:
+        sender = asyncio.create_task(WebhookSender(pool, http, cfg).run())
+        try:
+            error = None
+            for _ in range(200):
+                error = await pool.fetchval(
+                    "SELECT a.error FROM webhook_attempts a JOIN webhook_deliveries d"
+                    " ON d.id = a.delivery_id WHERE d.endpoint_id = $1", endpoint)
+                if error is not None:
+                    break
+                await asyncio.sleep(0.05)
+            assert error is not None
+            assert error.startswith("internal error"), error
+            assert not sender.done()
+        finally:
+            await stop_task(sender)
+    state = await pool.fetchval(
+        "SELECT state FROM webhook_deliveries WHERE endpoint_id = $1", endpoint)
+    assert state == "pending"  # retried later, like any failed attempt
