@@ -4,6 +4,7 @@ the jobs of a dead process are taken over when its lease runs out."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
@@ -16,24 +17,74 @@ from shared.events import TOPIC_GENERATED, JobSpec, VideoGenerationSucceeded
 _TERMINAL = ("succeeded", "failed", "canceled")
 
 
-async def accept(conn: Conn, *, consumer: str,
-                 events: Sequence[tuple[UUID, JobSpec]]) -> set[str]:
+@dataclass(frozen=True)
+class Slots:
+    """Free job slots of one process, by provider, for `accept` to fill with the jobs it
+    accepts: claimed for `owner` with a lease of `lease_seconds`."""
+
+    owner: str
+    lease_seconds: float
+    free: dict[str, int]
+
+
+@dataclass(frozen=True)
+class Accepted:
+    #: providers of jobs accepted now and left queued (no free slot): claim them later
+    queued: set[str]
+    #: jobs accepted now and claimed into the free slots (the columns `claim` returns)
+    claimed: list[asyncpg.Record]
+
+
+async def accept(conn: Conn, *, consumer: str, events: Sequence[tuple[UUID, JobSpec]],
+                 slots: Slots | None = None) -> Accepted:
     """Record `(event_id, spec)` job events in `consumer`'s inbox and the specs of those
     seen for the first time on their jobs, which become claimable (a job accepted before
-    is left as it is); one statement. The providers of the jobs accepted now."""
+    is left as it is); one statement. With `slots`, the statement also claims jobs it
+    accepts into them (oldest first, per provider; their videos become `generating`), as
+    `claim` would a moment later: a statement, a row version and a wake-up fewer per job.
+    Only outside a transaction: a claim rolled back after its job started would leave it
+    driven by a process that does not hold it."""
+    free = slots.free if slots is not None else {}
+    take = ("(s.take AND j.state = 'queued' AND NOT j.cancel_requested"
+            " AND j.deadline_at > now() AND j.next_attempt_at IS NULL)")
     rows = await conn.fetch(
         f"""
-        WITH new AS ({inbox.record("$1", "$2")})
-        UPDATE jobs j SET spec = s.spec::jsonb, accepted_at = now(), updated_at = now()
-          FROM unnest($2::uuid[], $3::uuid[], $4::text[]) AS s(event_id, id, spec)
-         WHERE s.event_id IN (SELECT event_id FROM new) AND j.id = s.id
-           AND j.accepted_at IS NULL
-        RETURNING j.provider
+        WITH new AS ({inbox.record("$1", "$2")}),
+        s AS (
+            SELECT s.event_id, s.id, s.spec,
+                   row_number() OVER (PARTITION BY s.provider ORDER BY s.n)
+                       <= coalesce(f.free, 0) AS take
+              FROM unnest($2::uuid[], $3::uuid[], $4::text[], $5::text[])
+                       WITH ORDINALITY AS s(event_id, id, spec, provider, n)
+              LEFT JOIN unnest($6::text[], $7::int[]) AS f(provider, free)
+                ON f.provider = s.provider
+             WHERE s.event_id IN (SELECT event_id FROM new)),
+        accepted AS (
+            UPDATE jobs j
+               SET spec = s.spec::jsonb, accepted_at = now(), updated_at = now(),
+                   state = CASE WHEN {take} THEN 'submitted' ELSE j.state END,
+                   lease_owner = CASE WHEN {take} THEN $8 ELSE j.lease_owner END,
+                   lease_expires_at = CASE WHEN {take}
+                       THEN now() + make_interval(secs => $9) ELSE j.lease_expires_at END,
+                   attempts = j.attempts + CASE WHEN {take} THEN 1 ELSE 0 END
+              FROM s WHERE j.id = s.id AND j.accepted_at IS NULL
+            -- A job not accepted before had no lease: one held by `owner` was taken now.
+            RETURNING j.id, j.spec, j.state, j.attempts, j.provider_job_id, j.deadline_at,
+                      j.cancel_requested, j.workspace_id, j.provider, j.video_id,
+                      coalesce(j.lease_owner = $8, false) AS claimed),
+        generating AS (
+            UPDATE videos SET status = 'generating', updated_at = now()
+             WHERE id IN (SELECT video_id FROM accepted WHERE claimed) AND status = 'queued')
+        SELECT * FROM accepted
         """,
         consumer, [event_id for event_id, _ in events],
         [spec.job_id for _, spec in events], [spec.model_dump_json() for _, spec in events],
+        [spec.provider for _, spec in events], list(free), list(free.values()),
+        slots.owner if slots is not None else None,
+        slots.lease_seconds if slots is not None else 0.0,
     )
-    return {row["provider"] for row in rows}
+    return Accepted(queued={row["provider"] for row in rows if not row["claimed"]},
+                    claimed=[row for row in rows if row["claimed"]])
 
 
 _RUNNABLE = "accepted_at IS NOT NULL AND NOT cancel_requested AND deadline_at > now()"

@@ -16,7 +16,7 @@ import logging
 import random
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -157,6 +157,8 @@ class Worker:
         #: which are claimed only to be failed with a reason
         self._active: dict[str, set[asyncio.Task[None]]] = {
             name: set() for name in (*providers, _OTHER)}
+        #: slots handed to the consumer's accept (`take_slots`) and not yet given back
+        self._lent: dict[str, int] = dict.fromkeys(providers, 0)
 
     def wake(self, providers: Iterable[str] | None = None) -> None:
         """Claim jobs now: of `providers` (jobs just accepted), or of every provider."""
@@ -201,14 +203,36 @@ class Worker:
     def in_flight(self) -> int:
         return sum(len(active) for active in self._active.values())
 
+    def _free(self, name: str) -> int:
+        return self._cfg.limit(name) - len(self._active[name]) - self._lent.get(name, 0)
+
+    def take_slots(self) -> repo.Slots:
+        """Lend the free slots of this process's providers to an accept that claims the
+        jobs it accepts (`repo.accept`); `adopt` gives them back."""
+        free = {name: n for name in self._lent if (n := self._free(name)) > 0}
+        for name, n in free.items():
+            self._lent[name] += n
+        return repo.Slots(owner=self._cfg.owner, lease_seconds=self._cfg.lease_seconds,
+                          free=free)
+
+    def adopt(self, slots: repo.Slots, claimed: Sequence[Any]) -> None:
+        """Drive the jobs an accept claimed into `slots`, and take the slots back."""
+        for name, n in slots.free.items():
+            self._lent[name] -= n
+        for row in claimed:
+            self._start(row["provider"], row)
+        for name, n in slots.free.items():
+            if sum(1 for row in claimed if row["provider"] == name) == n:
+                self._waiting.add(name)  # every slot filled: more may wait for one
+
     async def _claim(self, wanted: set[str]) -> bool:
         """Claim jobs for the `wanted` providers with free slots; True if one filled them."""
         filled = False
         configured = [name for name in self._active if name != _OTHER]
-        for name, active in self._active.items():
+        for name in self._active:
             if name not in wanted:
                 continue
-            free = self._cfg.limit(name) - len(active)
+            free = self._free(name)
             if free <= 0:
                 continue
             try:
@@ -225,12 +249,15 @@ class Worker:
             else:
                 self._waiting.discard(name)
             for row in claimed:
-                task = asyncio.create_task(self._drive(row), name=f"job-{row['id']}")
-                active.add(task)
-                task.add_done_callback(functools.partial(self._done, name))
-            self._metrics.in_flight.set(self.in_flight)
+                self._start(name, row)
             filled = filled or len(claimed) == free
         return filled
+
+    def _start(self, name: str, row: Any) -> None:
+        task = asyncio.create_task(self._drive(row), name=f"job-{row['id']}")
+        self._active[name].add(task)
+        task.add_done_callback(functools.partial(self._done, name))
+        self._metrics.in_flight.set(self.in_flight)
 
     def _done(self, provider: str, task: asyncio.Task[None]) -> None:
         active = self._active[provider]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 from typing import Any, cast
 from uuid import UUID, uuid4
@@ -17,6 +17,7 @@ import pytest
 from services.api import handlers
 from services.api import repository as api_repo
 from services.generator import repository as generator_repo
+from services.generator.consumer import accept_batch
 from shared.catalog import Catalog
 from shared.events import (
     TOPIC_GENERATED,
@@ -270,29 +271,37 @@ async def test_video_events_one_per_changed_row_of_a_batch(pool: asyncpg.Pool) -
                                             ("ready", "submitted", 1)]
 
 
+async def queued_jobs(pool: asyncpg.Pool, n: int
+                      ) -> tuple[handlers.Workspace, list[VideoResource], list[VideoJobQueued]]:
+    """`n` videos as intake creates them, and the job events it wrote for them."""
+    ws, character = await workspace_with_character(pool, credits=1000)
+    deps = handlers.IntakeDeps(pool=pool, catalog=CATALOG, job_deadline=timedelta(hours=1))
+    async with pool.acquire() as conn, conn.transaction():
+        created = await handlers.create_videos(
+            deps, conn, [request(ws, character, 8) for _ in range(n)])
+    videos = [v for v in created if isinstance(v, VideoResource)]
+    payloads = await pool.fetch(
+        "SELECT payload FROM outbox WHERE topic = $1 AND key = any($2::text[]) ORDER BY id",
+        TOPIC_JOBS, [str(v.id) for v in videos])
+    events = [VideoJobQueued.model_validate_json(bytes(row["payload"])) for row in payloads]
+    return ws, videos, events
+
+
 async def test_generator_accepts_and_succeeds_jobs_in_one_statement_each(
         pool: asyncpg.Pool) -> None:
     """The generator's two hot writes: accepting job events (inbox and specs) and ending
     jobs as succeeded (the jobs and their events into the outbox). One statement each,
     whatever the batch's size; a redelivered event accepts nothing again, and only the
     jobs the process still holds are ended, with an event each."""
-    ws, character = await workspace_with_character(pool, credits=1000)
-    deps = handlers.IntakeDeps(pool=pool, catalog=CATALOG, job_deadline=timedelta(hours=1))
-    async with pool.acquire() as conn, conn.transaction():
-        created = await handlers.create_videos(
-            deps, conn, [request(ws, character, 8) for _ in range(3)])
-    videos = [v for v in created if isinstance(v, VideoResource)]
-    payloads = await pool.fetch(
-        "SELECT payload FROM outbox WHERE topic = $1 AND key = any($2::text[]) ORDER BY id",
-        TOPIC_JOBS, [str(v.id) for v in videos])
-    events = [VideoJobQueued.model_validate_json(bytes(row["payload"])) for row in payloads]
+    ws, videos, events = await queued_jobs(pool, 3)
     async with pool.acquire() as conn:
         with Statements(conn) as statements:
             accepted = await generator_repo.accept(
                 conn, consumer="test", events=[(e.event_id, e.job) for e in events])
             again = await generator_repo.accept(
                 conn, consumer="test", events=[(e.event_id, e.job) for e in events])
-            assert (accepted, again, len(await statements.sent())) == ({"local"}, set(), 2)
+            assert (accepted, again, len(await statements.sent())) == (
+                generator_repo.Accepted({"local"}, []), generator_repo.Accepted(set(), []), 2)
             assert await conn.fetchval(
                 "SELECT count(*) FROM jobs WHERE id = any($1::uuid[]) AND accepted_at IS NOT NULL"
                 " AND spec IS NOT NULL", [e.job.job_id for e in events]) == 3
@@ -319,3 +328,72 @@ async def test_generator_accepts_and_succeeds_jobs_in_one_statement_each(
                 " ORDER BY id", TOPIC_GENERATED, [str(v.id) for v in videos])
             assert [(r["key"], r["event_id"]) for r in sent] == [
                 (str(o.video_id), o.event_id) for o in outcomes[:2]]
+
+
+async def test_accepting_claims_jobs_into_the_free_slots_in_the_same_statement(
+        pool: asyncpg.Pool) -> None:
+    """Jobs accepted while the process has free slots are claimed by the accept itself (as
+    the workers' claim would: leased, an attempt counted, the video `generating` with one
+    live-status event), oldest first up to the free slots; a canceled job is not claimed;
+    the rest stay queued and claimable."""
+    _, videos, events = await queued_jobs(pool, 4)
+    await pool.execute("UPDATE jobs SET cancel_requested = true WHERE id = $1",
+                       events[0].job.job_id)
+    slots = generator_repo.Slots(owner="me", lease_seconds=60, free={"local": 2})
+    async with pool.acquire() as conn:
+        with Statements(conn) as statements:
+            accepted = await generator_repo.accept(
+                conn, consumer="test", events=[(e.event_id, e.job) for e in events], slots=slots)
+            assert len(await statements.sent()) == 1
+    assert accepted.queued == {"local"}
+    assert [row["id"] for row in accepted.claimed] == [events[1].job.job_id]
+    assert accepted.claimed[0]["spec"] is not None
+    rows = await pool.fetch(
+        "SELECT j.id, j.state, j.lease_owner, j.attempts, j.accepted_at IS NOT NULL AS accepted,"
+        " v.status FROM jobs j JOIN videos v ON v.id = j.video_id WHERE j.id = any($1::uuid[])",
+        [e.job.job_id for e in events])
+    by_job = {row["id"]: tuple(row)[1:] for row in rows}
+    assert [by_job[e.job.job_id] for e in events] == [
+        ("queued", None, 0, True, "queued"),  # canceled: its slot stays free this time
+        ("submitted", "me", 1, True, "generating"),
+        ("queued", None, 0, True, "queued"),  # no slot left: claimable later
+        ("queued", None, 0, True, "queued")]
+    kinds = await pool.fetch(
+        "SELECT status, job_state FROM video_events WHERE video_id = $1 ORDER BY id",
+        videos[1].id)
+    assert [tuple(k) for k in kinds] == [("queued", "queued"), ("generating", "submitted")]
+    # A redelivery accepts and claims nothing.
+    async with pool.acquire() as conn:
+        again = await generator_repo.accept(
+            conn, consumer="test", events=[(e.event_id, e.job) for e in events], slots=slots)
+    assert again == generator_repo.Accepted(set(), [])
+
+
+class _Workers:
+    """The workers' side of `accept_batch`: lends a slot, records what it gets back."""
+
+    def __init__(self) -> None:
+        self.adopted: list[tuple[generator_repo.Slots, list[Any]]] = []
+
+    def take_slots(self) -> generator_repo.Slots:
+        return generator_repo.Slots(owner="me", lease_seconds=60, free={"local": 5})
+
+    def adopt(self, slots: generator_repo.Slots, claimed: Sequence[Any]) -> None:
+        self.adopted.append((slots, list(claimed)))
+
+
+async def test_accepting_inside_a_transaction_claims_nothing(pool: asyncpg.Pool) -> None:
+    """A claim that a rollback could undo after its job started would leave the job driven
+    by a process that does not hold it: inside a transaction (the consumer's fallback for a
+    failed batch), the jobs are only accepted."""
+    _, _, events = await queued_jobs(pool, 2)
+    workers = _Workers()
+    async with pool.acquire() as conn:
+        async with conn.transaction():
+            queued = await accept_batch(conn, [(events[0], b"")], workers)
+        assert (queued, workers.adopted) == ({"local"}, [])
+        queued = await accept_batch(conn, [(events[1], b"")], workers)
+    assert queued == set()
+    [(slots, claimed)] = workers.adopted
+    assert slots.free == {"local": 5}
+    assert [row["id"] for row in claimed] == [events[1].job.job_id]
