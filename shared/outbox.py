@@ -283,12 +283,18 @@ class OutboxRelay:
             self._wake.clear()
             # One round trip: delete the batch Kafka has acknowledged, read the next one
             # (the read's snapshot still holds the deleted rows, hence the NOT).
-            # Eager rows only once their publisher has had its grace period.
+            # Eager rows only once their publisher has had its grace period; other rows
+            # only after the eager rows before them with the same topic and key, so that
+            # a key's events keep their order on Kafka (a review's `video.approved` after
+            # the `video.ready` its writer may not have sent yet).
             rows = await conn.fetch(
                 "WITH published AS (DELETE FROM outbox WHERE id = any($2::bigint[]))"
-                " SELECT id, topic, key, payload FROM outbox WHERE NOT (id = any($2::bigint[]))"
-                " AND (NOT eager OR created_at < now() - make_interval(secs => $3))"
-                " ORDER BY id LIMIT $1", self._batch_size, published, self._eager_grace,
+                " SELECT id, topic, key, payload FROM outbox o"
+                " WHERE NOT (id = any($2::bigint[])) AND CASE"
+                " WHEN eager THEN created_at < now() - make_interval(secs => $3)"
+                " ELSE NOT EXISTS (SELECT FROM outbox e WHERE e.id < o.id AND e.eager"
+                " AND e.topic = o.topic AND e.key = o.key AND NOT (e.id = any($2::bigint[])))"
+                " END ORDER BY id LIMIT $1", self._batch_size, published, self._eager_grace,
             )
             published = []
             if not rows:

@@ -230,3 +230,33 @@ async def test_rows_written_inside_a_transaction_are_never_eager(
             assert not EagerWrite(publisher, conn).eager
     assert EagerWrite(publisher, pool).eager
     assert not EagerWrite(None, pool).eager
+
+
+async def test_a_later_event_of_the_same_key_waits_for_the_eager_one_before_it(
+    infra: Infra, pool: asyncpg.Pool, unique: str
+) -> None:
+    # Say `video.ready` was written eager and its publisher died; a review then writes
+    # `video.approved` for the same video through the relay: it must not overtake.
+    absent = Publisher(pool=pool, bootstrap_servers=infra.bootstrap_servers)
+    first = _event(f"first-{unique}")
+    later = _event(f"first-{unique}")  # the same key (request_id)
+    other = _event(f"other-{unique}")  # another key: not held back
+    assert await _write_eager(pool, absent, first)
+    await _enqueue(pool, later)
+    await _enqueue(pool, other)
+    relay = OutboxRelay(dsn=infra.database_url, bootstrap_servers=infra.bootstrap_servers,
+                        poll_interval=0.05, eager_grace=2.0)
+    started = asyncio.get_running_loop().time()
+    task = asyncio.create_task(relay.run())
+    try:
+        await _drain(pool, other)
+        if asyncio.get_running_loop().time() - started < 1.5:
+            assert await _pending(pool, later) == 1  # within the grace: still held
+        await _drain(pool, first, later)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    records = await read_topic(infra.bootstrap_servers, TOPIC_REJECTED)
+    order = [json.loads(r.value)["event_id"] for r in records
+             if json.loads(r.value)["event_id"] in {str(first.event_id), str(later.event_id)}]
+    assert order == [str(first.event_id), str(later.event_id)]
