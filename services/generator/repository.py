@@ -40,7 +40,8 @@ async def accept(conn: Conn, *, consumer: str, events: Sequence[tuple[UUID, JobS
     """Record `(event_id, spec)` job events in `consumer`'s inbox and the specs of those
     seen for the first time on their jobs, which become claimable (a job accepted before
     is left as it is); one statement. With `slots`, the statement also claims jobs it
-    accepts into them (oldest first, per provider; their videos become `generating`), as
+    accepts into them (per provider, in the batch's order; their videos become
+    `generating`), as
     `claim` would a moment later: a statement, a row version and a wake-up fewer per job.
     Only outside a transaction: a claim rolled back after its job started would leave it
     driven by a process that does not hold it."""
