@@ -64,16 +64,13 @@ async def enqueue_many(
 ) -> None:
     """Add `(key, event)` pairs to the outbox in one statement, with one wake-up signal
     (delivered at commit); call inside the transaction of the effects they report."""
+    write = OutboxWrite(conn, events)
     await conn.execute(
         "WITH e AS (SELECT * FROM unnest($2::text[], $3::uuid[], $4::bytea[])"
         " WITH ORDINALITY AS e(key, event_id, payload, n)),"
         f" row AS ({insert_from('e', topic='$1')})"
         " SELECT pg_notify($5, '')",
-        topic,
-        [key for key, _ in events],
-        [event.event_id for _, event in events],  # type: ignore[attr-defined]
-        [event.model_dump_json().encode() for _, event in events],
-        NOTIFY_CHANNEL,
+        topic, write.keys, write.event_ids, write.payloads, NOTIFY_CHANNEL,
     )
 
 
@@ -81,23 +78,20 @@ def insert_from(rows: str, *, topic: str, eager: str = "false") -> str:
     """The outbox insert as the body of a data-modifying CTE, for statements that write
     events together with their effects in one round trip: `rows` is a relation with the
     columns `key`, `event_id`, `payload` (the event's JSON) and `n` (their order), `topic`
-    the topic's placeholder, `eager` a boolean placeholder (see `EagerWrite`). It returns
-    the rows' `id` and `event_id` (`inserted` reads them back). Unless the rows are eager,
-    the statement must also wake the relay, `wake_relay(eager)`."""
+    the topic's placeholder, `eager` a boolean placeholder (`OutboxWrite.eager`). It
+    returns the rows' `id` and `event_id`; the statement's select list must end with
+    `after_insert` of it."""
     return ("INSERT INTO outbox (topic, key, event_id, payload, eager)"
             f" SELECT {topic}, key, event_id, payload, {eager} FROM {rows} ORDER BY n"
             " RETURNING id, event_id")
 
 
-def wake_relay(eager: str) -> str:
-    """A select-list expression that wakes the relay unless `eager` (a placeholder) holds."""
-    return f"CASE WHEN NOT {eager}::boolean THEN pg_notify('{NOTIFY_CHANNEL}', '') END"
-
-
-def inserted(cte: str) -> str:
-    """Select-list expressions with the ids and event ids of the rows the insert `cte`
-    (an `insert_from`) wrote, for `EagerWrite.publish` (read from any row of the result)."""
-    return (f"(SELECT array_agg(id ORDER BY id) FROM {cte}) AS outbox_ids,"
+def after_insert(cte: str, *, eager: str) -> str:
+    """Select-list expressions for a statement with the insert `cte` (an `insert_from`):
+    the relay's wake-up unless `eager` (a placeholder) holds, and the ids and event ids of
+    the rows written, for `OutboxWrite.publish` (read from any row of the result)."""
+    return (f"CASE WHEN NOT {eager}::boolean THEN pg_notify('{NOTIFY_CHANNEL}', '') END,"
+            f" (SELECT array_agg(id ORDER BY id) FROM {cte}) AS outbox_ids,"
             f" (SELECT array_agg(event_id ORDER BY id) FROM {cte}) AS outbox_event_ids")
 
 
@@ -108,26 +102,31 @@ class OutboxRow(NamedTuple):
     payload: bytes
 
 
-class EagerWrite:
-    """One statement's outbox rows, and whether they are eager: only when a `Publisher` is
-    there and the statement commits on its own (`conn` is not inside a transaction, whose
-    rollback could still undo the rows after they were sent)."""
+class OutboxWrite:
+    """The `(key, event)` pairs one statement writes into the outbox, as the statement's
+    array arguments (`keys`, `event_ids`, `payloads`), and whether the rows are eager: only
+    with a `Publisher` and when the statement commits on its own (`conn` is a pool, or a
+    connection outside a transaction, whose rollback could still undo rows already sent)."""
 
-    def __init__(self, publisher: Publisher | None, conn: Any) -> None:
+    def __init__(self, conn: Any, events: Sequence[tuple[str, BaseModel]],
+                 publisher: Publisher | None = None) -> None:
         self._publisher = publisher
         self.eager = publisher is not None and (
             isinstance(conn, asyncpg.Pool) or not conn.is_in_transaction())
+        self.keys = [key for key, _ in events]
+        self.event_ids = [event.event_id for _, event in events]  # type: ignore[attr-defined]
+        self.payloads = [event.model_dump_json().encode() for _, event in events]
 
-    def publish(self, result: Any, *, topic: str,
-                events: dict[Any, tuple[str, bytes]]) -> None:
+    def publish(self, result: Any, *, topic: str) -> None:
         """Hand the rows the statement wrote to the publisher: `result` a row with the
-        `inserted` columns (None when the statement returned no row), `events` the
-        `(key, payload)` of each event id the statement was given."""
+        `after_insert` columns (None when the statement returned no row)."""
         if not self.eager or result is None or not result["outbox_ids"]:
             return
         assert self._publisher is not None
+        by_id = dict(zip(self.event_ids, zip(self.keys, self.payloads, strict=True),
+                         strict=True))
         self._publisher.publish([
-            OutboxRow(row_id, topic, *events[event_id])
+            OutboxRow(row_id, topic, *by_id[event_id])
             for row_id, event_id in zip(result["outbox_ids"], result["outbox_event_ids"],
                                         strict=True)])
 

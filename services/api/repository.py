@@ -178,10 +178,8 @@ async def create(conn: Conn, *, videos: list[dict[str, Any]],
     statement). Without, the caller has checked the amounts against rows it locked. The
     workspace rows are locked until commit: outside a transaction, only while the
     statement runs; inside one, call it last. Outside a transaction, `publisher` sends the
-    job events at once (see `shared.outbox.EagerWrite`)."""
-    write = outbox.EagerWrite(publisher, conn)
-    payloads = {event.event_id: (key, event.model_dump_json().encode())  # type: ignore[attr-defined]
-                for key, event in events}
+    job events at once (see `shared.outbox.OutboxWrite`)."""
+    write = outbox.OutboxWrite(conn, events, publisher)
     names = list(videos[0])
     workspaces = {job[2] for job in jobs}
     quotes = {video["id"]: video["credits_quoted"] for video in videos}
@@ -221,13 +219,11 @@ async def create(conn: Conn, *, videos: list[dict[str, Any]],
                 RETURNING w.id)
             SELECT influgen_require((SELECT count(*) FROM reserved) = $20,
                                     'the credits available changed'),
-                   {outbox.wake_relay("$14")}, {outbox.inserted("queued")}
+                   {outbox.after_insert("queued", eager="$14")}
             """,
             json.dumps(videos, default=str), *job_columns, [quotes[v] for v in job_columns[1]],
-            [key for key, _ in events],
-            [event.event_id for _, event in events],  # type: ignore[attr-defined]
-            [payloads[event.event_id][1] for _, event in events],  # type: ignore[attr-defined]
-            TOPIC_JOBS, check, write.eager, [c[0] for c in claims], [c[1] for c in claims],
+            write.keys, write.event_ids, write.payloads, TOPIC_JOBS, check, write.eager,
+            [c[0] for c in claims], [c[1] for c in claims],
             [c[2] for c in claims], [json.dumps(c[3]) for c in claims], [c[4] for c in claims],
             len(workspaces),
         )
@@ -235,5 +231,5 @@ async def create(conn: Conn, *, videos: list[dict[str, Any]],
         if exc.sqlstate == REQUIREMENT_FAILED:
             return False
         raise
-    write.publish(result, topic=TOPIC_JOBS, events=payloads)
+    write.publish(result, topic=TOPIC_JOBS)
     return True

@@ -72,10 +72,9 @@ async def settle(conn: Conn, *, consumer: str, event_ids: Sequence[UUID],
     and reservation (in id order, as intake locks them). Outside a transaction the
     workspace rows stay locked only while the statement runs, not for a round trip to the
     client as well: intake needs them for every new request. Outside a transaction,
-    `publisher` sends the events at once (see `shared.outbox.EagerWrite`)."""
-    write = outbox.EagerWrite(publisher, conn)
-    payloads = {event.event_id: (str(s.video_id), event.model_dump_json().encode())
-                for s, event in settlements}
+    `publisher` sends the events at once (see `shared.outbox.OutboxWrite`)."""
+    write = outbox.OutboxWrite(conn, [(str(s.video_id), event) for s, event in settlements],
+                               publisher)
     rows = await conn.fetch(
         f"""
         WITH new AS ({inbox.record("$14", "$15")}),
@@ -113,17 +112,15 @@ async def settle(conn: Conn, *, consumer: str, event_ids: Sequence[UUID],
               FROM (SELECT workspace_id, sum(charged) AS charged, sum(reserved) AS reserved
                       FROM done GROUP BY workspace_id ORDER BY workspace_id) t
              WHERE w.id = t.workspace_id)
-        SELECT job_id, {outbox.wake_relay("$13")}, {outbox.inserted("events")} FROM done
+        SELECT job_id, {outbox.after_insert("events", eager="$13")} FROM done
         """,
         [s.job_id for s, _ in settlements], [s.video_id for s, _ in settlements],
         [s.workspace_id for s, _ in settlements], [s.outcome for s, _ in settlements],
         [s.charge for s, _ in settlements], [s.reserved for s, _ in settlements],
         [s.status for s, _ in settlements], [s.review_state for s, _ in settlements],
         [json.dumps(s.media) if s.media is not None else None for s, _ in settlements],
-        [event.event_id for _, event in settlements],
-        [payloads[event.event_id][1] for _, event in settlements],
-        topic, write.eager, consumer, list(event_ids),
+        write.event_ids, write.payloads, topic, write.eager, consumer, list(event_ids),
         [s.source_event_id for s, _ in settlements], [s.at for s, _ in settlements],
     )
-    write.publish(rows[0] if rows else None, topic=topic, events=payloads)
+    write.publish(rows[0] if rows else None, topic=topic)
     return {row["job_id"] for row in rows}

@@ -203,10 +203,9 @@ async def succeed(conn: Conn | asyncpg.Pool, *, owner: str,
                   publisher: outbox.Publisher | None = None) -> set[UUID]:
     """End the events' jobs as succeeded, those this process still holds, and put their
     events into the outbox; one statement (atomic without a transaction of its own), whose
-    events `publisher` sends at once (see `shared.outbox.EagerWrite`). The ids of the jobs
+    events `publisher` sends at once (see `shared.outbox.OutboxWrite`). The ids of the jobs
     ended."""
-    write = outbox.EagerWrite(publisher, conn)
-    payloads = {e.event_id: (str(e.video_id), e.model_dump_json().encode()) for e in events}
+    write = outbox.OutboxWrite(conn, [(str(e.video_id), e) for e in events], publisher)
     rows = await conn.fetch(
         f"""
         WITH done AS ({_FINISH}),
@@ -214,13 +213,12 @@ async def succeed(conn: Conn | asyncpg.Pool, *, owner: str,
                   WITH ORDINALITY AS e(job_id, key, event_id, payload, n)
                WHERE job_id IN (SELECT id FROM done)),
         events AS ({outbox.insert_from("e", topic="$8", eager="$9")})
-        SELECT id, {outbox.wake_relay("$9")}, {outbox.inserted("events")} FROM done
+        SELECT id, {outbox.after_insert("events", eager="$9")} FROM done
         """,
         [e.job_id for e in events], owner, "succeeded", None,
-        [payloads[e.event_id][0] for e in events], [e.event_id for e in events],
-        [payloads[e.event_id][1] for e in events], TOPIC_GENERATED, write.eager,
+        write.keys, write.event_ids, write.payloads, TOPIC_GENERATED, write.eager,
     )
-    write.publish(rows[0] if rows else None, topic=TOPIC_GENERATED, events=payloads)
+    write.publish(rows[0] if rows else None, topic=TOPIC_GENERATED)
     return {row["id"] for row in rows}
 
 

@@ -11,13 +11,12 @@ import pytest
 
 from shared.events import TOPIC_REJECTED, FieldError, VideoRequestRejected
 from shared.outbox import (
-    EagerWrite,
     OutboxRelay,
+    OutboxWrite,
     Publisher,
+    after_insert,
     enqueue,
     insert_from,
-    inserted,
-    wake_relay,
 )
 from tests.infra import Infra
 from tests.kafka_tools import read_topic
@@ -144,16 +143,14 @@ async def _write_eager(pool: asyncpg.Pool, publisher: Publisher,
                        *events: VideoRequestRejected) -> bool:
     """Write `events` as the services' one-statement writes do (`shared.outbox` helpers),
     outside a transaction, and hand them to `publisher`; whether they were written eager."""
-    write = EagerWrite(publisher, pool)
-    payloads = {e.event_id: (e.request_id, e.model_dump_json().encode()) for e in events}
+    write = OutboxWrite(pool, [(e.request_id, e) for e in events], publisher)
     row = await pool.fetchrow(
         "WITH e AS (SELECT * FROM unnest($1::text[], $2::uuid[], $3::bytea[])"
         " WITH ORDINALITY AS e(key, event_id, payload, n)),"
         f" ins AS ({insert_from('e', topic='$4', eager='$5')})"
-        f" SELECT {wake_relay('$5')}, {inserted('ins')}",
-        [e.request_id for e in events], [e.event_id for e in events],
-        [payloads[e.event_id][1] for e in events], TOPIC_REJECTED, write.eager)
-    write.publish(row, topic=TOPIC_REJECTED, events=payloads)
+        f" SELECT {after_insert('ins', eager='$5')}",
+        write.keys, write.event_ids, write.payloads, TOPIC_REJECTED, write.eager)
+    write.publish(row, topic=TOPIC_REJECTED)
     return write.eager
 
 
@@ -225,11 +222,11 @@ async def test_rows_written_inside_a_transaction_are_never_eager(
     # Sent before the commit, an event could report an effect that then rolls back.
     publisher = Publisher(pool=pool, bootstrap_servers=infra.bootstrap_servers)
     async with pool.acquire() as conn:
-        assert EagerWrite(publisher, conn).eager
+        assert OutboxWrite(conn, [], publisher).eager
         async with conn.transaction():
-            assert not EagerWrite(publisher, conn).eager
-    assert EagerWrite(publisher, pool).eager
-    assert not EagerWrite(None, pool).eager
+            assert not OutboxWrite(conn, [], publisher).eager
+    assert OutboxWrite(pool, [], publisher).eager
+    assert not OutboxWrite(pool, []).eager
 
 
 async def test_a_later_event_of_the_same_key_waits_for_the_eager_one_before_it(
