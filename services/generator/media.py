@@ -39,15 +39,25 @@ class LocalMediaStore(MediaStore):
 
     def put(self, source: Path, key: str) -> str:
         target = self._root / key
-        target.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.link(source, target)  # atomic: a reader never sees half a file
-        except OSError:  # there already (an earlier attempt), or another file system
+        except OSError:  # a new directory, there already (an earlier attempt), another fs
+            target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.with_suffix(target.suffix + ".part")
             tmp.unlink(missing_ok=True)  # left by a crash between link and replace
             link_or_copy(source, tmp)
             tmp.replace(target)  # atomic too
         return self._base + key
+
+
+def media_keys(video_id: object) -> tuple[str, str]:
+    """Where a video's file and its thumbnail go in the media store: beside those of other
+    videos, in one of 256 directories named by the id's first two characters, rather than
+    in a directory of their own. Making a directory per video was most of what storing a
+    sandbox clip cost (a directory takes an inode and a block: 60-230 us of CPU on this
+    ext4, against 10-15 us for a link into an existing one)."""
+    name = str(video_id)
+    return f"{name[:2]}/{name}.mp4", f"{name[:2]}/{name}.jpg"
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from uuid import UUID
 import asyncpg
 
 from services.generator import repository as repo
-from services.generator.media import MediaStore, make_thumbnail, mismatch, probe
+from services.generator.media import MediaStore, make_thumbnail, media_keys, mismatch, probe
 from services.generator.metrics import Metrics
 from services.generator.providers.base import JobHandle, Provider, ProviderError
 from shared import outbox
@@ -388,9 +388,9 @@ class Worker:
         if thumbnail is None:
             workdir.mkdir(parents=True, exist_ok=True)
             thumbnail = make_thumbnail(video, workdir / "thumbnail.jpg")
-        base = f"{spec.video_id}"
-        video_url = self._media.put(video, f"{base}/video.mp4")
-        thumb_url = self._media.put(thumbnail, f"{base}/thumbnail.jpg")
+        video_key, thumbnail_key = media_keys(spec.video_id)
+        video_url = self._media.put(video, video_key)
+        thumb_url = self._media.put(thumbnail, thumbnail_key)
         return Media(video_url=video_url, thumbnail_url=thumb_url,
                      duration_seconds=round(found.duration_seconds, 3),
                      aspect_ratio=spec.aspect_ratio, width=found.width, height=found.height)

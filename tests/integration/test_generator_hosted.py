@@ -132,10 +132,14 @@ async def test_success_stores_checked_media(pool: asyncpg.Pool, standin: Replica
     assert (row["attempts"], standin.submissions, row["provider_job_id"]) == (1, 1, "p0001")
     [event] = await generated_events(pool, job_id)
     assert event["event_type"] == "video.generation.succeeded"
-    video = tmp_path / event["media"]["video_url"].removeprefix("http://media.test/media/")
+    video, thumbnail = (tmp_path / event["media"][url].removeprefix("http://media.test/media/")
+                        for url in ("video_url", "thumbnail_url"))
     found = probe(video)
     assert (found.width, found.height, found.frames) == (144, 256, 5 * 24)
-    assert (video.parent / "thumbnail.jpg").stat().st_size > 0
+    assert thumbnail.stat().st_size > 0
+    shard = event["video_id"][:2]  # one directory per two characters, not per video
+    assert [video.relative_to(tmp_path), thumbnail.relative_to(tmp_path)] == [
+        Path(shard, f"{event['video_id']}.mp4"), Path(shard, f"{event['video_id']}.jpg")]
 
 
 @pytest.mark.parametrize("faults", [["500", "502", "503"], ["reset", "reset"], ["slow"],

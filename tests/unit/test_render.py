@@ -1,13 +1,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+from uuid import uuid4
 
 import av
 import numpy as np
 import pytest
 from PIL import Image
 
-from services.generator.media import LocalMediaStore, mismatch, probe
+from services.generator.media import LocalMediaStore, media_keys, mismatch, probe
 from services.generator.providers.render import PUSH_IN, RenderRequest, draw_canvas, render
 
 
@@ -90,3 +92,27 @@ def test_media_store_writes_atomically_and_returns_absolute_urls(tmp_path: Path)
     assert url == "http://example.test:8080/media/abc/video.mp4"
     assert (tmp_path / "media" / "abc" / "video.mp4").read_bytes() == b"video"
     assert not list((tmp_path / "media").rglob("*.part"))
+
+
+def test_media_store_makes_a_directory_only_when_a_key_needs_a_new_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"video")
+    (tmp_path / "media").mkdir()
+    store = LocalMediaStore(tmp_path / "media", "http://example.test:8080/")
+    made: list[Path] = []
+    mkdir = Path.mkdir
+
+    def counting_mkdir(self: Path, *args: Any, **kwargs: Any) -> None:
+        made.append(self)
+        mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", counting_mkdir)
+    first, second = uuid4(), uuid4()
+    for video_id in (first, second):
+        for key in media_keys(video_id):
+            store.put(src, key)
+    assert (tmp_path / "media" / str(first)[:2] / f"{first}.jpg").read_bytes() == b"video"
+    # Two videos, four files: a directory per shard the keys name, none per video.
+    assert sorted(made) == sorted({tmp_path / "media" / str(v)[:2] for v in (first, second)})
+    assert media_keys(first) == (f"{str(first)[:2]}/{first}.mp4", f"{str(first)[:2]}/{first}.jpg")
