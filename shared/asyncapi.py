@@ -71,7 +71,7 @@ def build() -> dict[str, Any]:
                                 group_id="influgen-finalizer", fetch_max_wait_ms=10)
     finalizer_consumer.register_webhooks(broker, pool=nothing,
                                          sender=cast(Any, type("S", (), {"wake": None})),
-                                         cfg=nothing, group_id="influgen-webhooks",
+                                         group_id="influgen-webhooks",
                                          fetch_max_wait_ms=10)
     spec = AsyncAPI(broker, title="Influgen video generation events", version="1.0.0",
                     description="Topics, producers, consumers and payloads.").to_specification()

@@ -243,20 +243,23 @@ def subscribe(
     after: Callable[[], None] | None = None,
     instance_id: str = "",
     one_statement: bool = False,
+    fetch_min_bytes: int = 1,
 ) -> None:
     """Subscribe `handle` to `topic`: decode (or dead-letter) each record of a batch, then
     apply the batch in one transaction (`one_by_one` turns a handler of one event into a
     batch handler); offsets are committed after it, never before. `one_statement` says
     that `handle` writes a batch with one statement (its inbox rows included; reads may come
     before it), which is atomic without a transaction: two round trips fewer per batch, and
-    the rows it locks are released at its end rather than after the COMMIT's round trip."""
+    the rows it locks are released at its end rather than after the COMMIT's round trip.
+    `fetch_min_bytes`: what a fetch waits for, up to `fetch_max_wait_ms` (1: none)."""
     offsets = AppliedOffsets(f"{consumer}:{topic}")
     _OFFSETS.setdefault(broker, []).append(offsets)
 
     subscriber = broker.subscriber(
         topic, group_id=group_id, ack_policy=AckPolicy.MANUAL, description=description,
         title=f"{consumer}:{topic}", decoder=_the_message, batch=True, max_records=MAX_BATCH,
-        batch_timeout_ms=POLL_WAIT_MS, **consumer_options(fetch_max_wait_ms, instance_id, topic),
+        batch_timeout_ms=POLL_WAIT_MS,
+        **consumer_options(fetch_max_wait_ms, instance_id, topic, fetch_min_bytes),
     )
     subscriber.get_msg = functools.partial(_poll, subscriber)
 

@@ -40,7 +40,7 @@ async def serve(settings: FinalizerSettings) -> None:
         timeout_seconds=settings.webhook_timeout_seconds,
         allow_private=settings.webhook_allow_private)
     sender = WebhookSender(pool, http, webhook_cfg)
-    consumer.register_webhooks(broker, pool=pool, sender=sender, cfg=webhook_cfg,
+    consumer.register_webhooks(broker, pool=pool, sender=sender,
                                group_id=settings.webhooks_consumer_group,
                                fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
                                instance_id=settings.instance_id)

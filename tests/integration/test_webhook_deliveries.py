@@ -111,6 +111,29 @@ async def test_a_redelivered_event_adds_nothing(pool: asyncpg.Pool, endpoints: l
     assert await _deliveries(pool, event) == {(endpoint, event[0].event_id)}
 
 
+class _CountingSender(WebhookSender):
+    woken = 0
+
+    def wake(self) -> None:
+        self.woken += 1
+
+
+async def test_the_sender_is_woken_only_for_recorded_deliveries(
+    pool: asyncpg.Pool, endpoints: list[UUID]
+) -> None:
+    without, ws = await _workspace(pool), await _workspace(pool)
+    await _endpoint(pool, endpoints, ws, types=["video.approved"],
+                    created_at=utcnow() - timedelta(minutes=1))
+    async with aiohttp.ClientSession() as http, pool.acquire() as conn:
+        sender = _CountingSender(pool, http, CFG)
+        # No endpoint of the workspace, none that wants the type: nothing to claim.
+        assert await sender.record(conn, [_event(without, "video.approved", utcnow()),
+                                          _event(ws, "video.failed", utcnow())]) == 0
+        assert sender.woken == 0
+        assert await sender.record(conn, [_event(ws, "video.approved", utcnow())]) == 1
+        assert sender.woken == 1
+
+
 async def test_an_endpoint_gets_only_events_that_occurred_after_it_existed(
     pool: asyncpg.Pool, endpoints: list[UUID]
 ) -> None:
