@@ -60,6 +60,25 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asy
     return pool
 
 
+def locked_in_id_order(table: str, ids: str) -> str:
+    """The body of a CTE that locks the rows of `table` whose id is in `ids` (a subquery),
+    in id order (FOR NO KEY UPDATE, the lock an UPDATE that keeps the key takes). For a
+    statement that updates several of them: an UPDATE locks rows in the order its plan
+    reads them, which is the id order with a nested loop over a sorted list but the rows'
+    order on disk with a hash join over a sequential scan, and the planner picks one or the
+    other by the table's and the batch's sizes. Two such statements over the same rows in
+    the two orders deadlock (PostgreSQL breaks it after `deadlock_timeout`, 1 s, by failing
+    one of them). Put `after_locking(cte)` in the UPDATE's WHERE."""
+    return f"SELECT id FROM {table} WHERE id IN ({ids}) ORDER BY id FOR NO KEY UPDATE"
+
+
+def after_locking(cte: str) -> str:
+    """A condition that makes an UPDATE start only once the CTE `cte` (`locked_in_id_order`)
+    has locked all its rows: it does not depend on the row, so PostgreSQL evaluates it once,
+    before the UPDATE reads any (a one-time filter), and it is always true."""
+    return f"(SELECT count(*) FROM {cte}) >= 0"
+
+
 def one(row: asyncpg.Record | None) -> asyncpg.Record:
     """The row a statement that always returns one (INSERT ... RETURNING) returned."""
     assert row is not None

@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from services.api import idempotency
 from shared import outbox
-from shared.db import Conn, columns, one
+from shared.db import Conn, after_locking, columns, locked_in_id_order, one
 from shared.events import TOPIC_JOBS
 
 
@@ -176,7 +176,8 @@ async def create(conn: Conn, *, videos: list[dict[str, Any]],
     With `check`, only if every workspace still has the credits available: False when not,
     and nothing was written (in a transaction, the caller must roll back to before the
     statement). Without, the caller has checked the amounts against rows it locked. The
-    workspace rows are locked until commit: outside a transaction, only while the
+    workspace rows are locked in id order (`shared.db.locked_in_id_order`, as the
+    finalizer's settlements lock them) until commit: outside a transaction, only while the
     statement runs; inside one, call it last. Outside a transaction, `publisher` sends the
     job events at once (see `shared.outbox.OutboxWrite`)."""
     write = outbox.OutboxWrite(conn, events, publisher)
@@ -207,14 +208,15 @@ async def create(conn: Conn, *, videos: list[dict[str, Any]],
                 " AS c(workspace_id, key, status, body, video_id)")}),
             hold AS (SELECT * FROM unnest($4::uuid[], $2::uuid[], $8::bigint[])
                                      AS h(workspace_id, job_id, amount)),
+            locked AS ({locked_in_id_order("workspaces", "SELECT workspace_id FROM hold")}),
             led AS (
                 INSERT INTO credit_ledger (workspace_id, kind, amount, job_id, reason)
                 SELECT workspace_id, 'reserve', amount, job_id, 'video request' FROM hold),
             reserved AS (
                 UPDATE workspaces w SET credits_reserved = credits_reserved + t.total
                   FROM (SELECT workspace_id, sum(amount) AS total FROM hold
-                         GROUP BY workspace_id ORDER BY workspace_id) t
-                 WHERE w.id = t.workspace_id
+                         GROUP BY workspace_id) t
+                 WHERE w.id = t.workspace_id AND {after_locking("locked")}
                    AND (NOT $13 OR w.credits_balance - w.credits_reserved >= t.total)
                 RETURNING w.id)
             SELECT influgen_require((SELECT count(*) FROM reserved) = $20,

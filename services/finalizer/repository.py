@@ -13,7 +13,7 @@ from uuid import UUID
 import asyncpg
 
 from shared import inbox, outbox
-from shared.db import Conn
+from shared.db import Conn, after_locking, locked_in_id_order
 from shared.events import VideoCompleted
 from shared.videos import COLUMNS
 
@@ -69,10 +69,11 @@ async def settle(conn: Conn, *, consumer: str, event_ids: Sequence[UUID],
     entries (charge `charge` of the reservation, release the rest); the video's final state;
     the event, into the outbox (as `shared.outbox.enqueue_many` writes it, with the
     relay's wake-up unless it is eager); and the credits out of the workspace's balance
-    and reservation (in id order, as intake locks them). Outside a transaction the
-    workspace rows stay locked only while the statement runs, not for a round trip to the
-    client as well: intake needs them for every new request. Outside a transaction,
-    `publisher` sends the events at once (see `shared.outbox.OutboxWrite`)."""
+    and reservation (its row locked in id order, as intake's requests lock them:
+    `shared.db.locked_in_id_order`). Outside a transaction the workspace rows stay locked
+    only while the statement runs, not for a round trip to the client as well: intake
+    needs them for every new request. Outside a transaction, `publisher` sends the events
+    at once (see `shared.outbox.OutboxWrite`)."""
     write = outbox.OutboxWrite(conn, [(str(s.video_id), event) for s, event in settlements],
                                publisher)
     rows = await conn.fetch(
@@ -106,12 +107,13 @@ async def settle(conn: Conn, *, consumer: str, event_ids: Sequence[UUID],
         events AS ({outbox.insert_from(
             "(SELECT video_id::text AS key, event_id, payload, n FROM done)", topic="$12",
             eager="$13")}),
+        locked AS ({locked_in_id_order("workspaces", "SELECT workspace_id FROM done")}),
         balances AS (
             UPDATE workspaces w SET credits_balance = credits_balance - t.charged,
                                     credits_reserved = credits_reserved - t.reserved
               FROM (SELECT workspace_id, sum(charged) AS charged, sum(reserved) AS reserved
-                      FROM done GROUP BY workspace_id ORDER BY workspace_id) t
-             WHERE w.id = t.workspace_id)
+                      FROM done GROUP BY workspace_id) t
+             WHERE w.id = t.workspace_id AND {after_locking("locked")})
         SELECT job_id, {outbox.after_insert("events", eager="$13")} FROM done
         """,
         [s.job_id for s, _ in settlements], [s.video_id for s, _ in settlements],
