@@ -363,6 +363,19 @@ async def intake_event(
     return resource
 
 
+async def intake_events(deps: IntakeDeps, conn: Conn,
+                        events: Sequence[tuple[VideoRequested, dict[str, Any]]]) -> None:
+    """A batch of `video.requested` events, in order, inside the caller's transaction
+    (`intake_event` each). Each event's write locks its workspace's row until the commit,
+    so a batch would take them in the order of its events, and deadlock with a write that
+    takes two of them in id order, as intake's and the finalizer's batches do: the batch
+    locks all its workspaces' rows first, in id order (one statement)."""
+    await repo.available_credits(
+        conn, workspace_ids=sorted({event.workspace_id for event, _ in events}), lock=True)
+    for event, raw in events:
+        await intake_event(deps, conn, event, raw)
+
+
 class Conflict(Exception):
     """The video is not in a state that allows the operation."""
 

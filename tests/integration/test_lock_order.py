@@ -8,7 +8,7 @@ import asyncio
 from collections.abc import Callable, Coroutine
 from datetime import timedelta
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import asyncpg
 import pytest
@@ -16,10 +16,10 @@ import pytest
 from services.api import handlers
 from services.finalizer.handlers import finalize_many
 from shared.db import Conn, create_pool
-from shared.events import VideoResource
+from shared.events import VideoRequested, VideoResource
 from tests.infra import Infra
 from tests.integration.test_finalizer import CATALOG, request_video, succeeded
-from tests.integration.test_video_batches import request, workspace_with_character
+from tests.integration.test_video_batches import SCENE, request, workspace_with_character
 
 pytestmark = pytest.mark.integration
 
@@ -29,8 +29,8 @@ BY_ID = ("SET enable_hashjoin = off", "SET enable_mergejoin = off", "SET enable_
 ON_DISK = ("SET enable_nestloop = off", "SET enable_mergejoin = off",
            "SET enable_indexscan = off", "SET enable_bitmapscan = off")
 
-#: Writes to the two workspaces (their ids in order) on the connection it is given.
-Write = Callable[[Conn, UUID, UUID], Coroutine[Any, Any, object]]
+#: Writes to the two workspaces on the connection it is given.
+Write = Callable[[Conn], Coroutine[Any, Any, object]]
 
 
 async def _two_workspaces(pool: asyncpg.Pool) -> tuple[tuple[UUID, UUID], dict[UUID, UUID]]:
@@ -67,12 +67,13 @@ async def _waiting(pool: asyncpg.Pool, conn: Conn) -> None:
     raise AssertionError("the statement did not wait for the row lock")
 
 
-async def _both_finish(infra: Infra, pool: asyncpg.Pool, low: UUID, high: UUID,
-                       write: Write) -> None:
-    """The interleaving that deadlocks two statements locking in opposite orders: a third
-    transaction holds `high`; the on-disk one waits for it (holding nothing yet, `high`
-    comes first on disk); the by-id one locks `low` and waits for `high` too. When `high`
-    is free, the on-disk one gets it and then waits for `low`."""
+async def _both_finish(infra: Infra, pool: asyncpg.Pool, high: UUID, *, second: Write,
+                       first: Write) -> None:
+    """The interleaving that deadlocks two writes locking in opposite orders: a third
+    transaction holds `high`; `second` (run in the ON_DISK plan) waits for it, holding
+    nothing yet (`high` comes first on disk); `first` (BY_ID) locks the other workspace and
+    waits for `high` too. When `high` is free, `second` gets it and then waits for the
+    other."""
     plans = [await create_pool(infra.database_url, min_size=1, max_size=1) for _ in range(2)]
     try:
         by_id, on_disk = [await p.acquire() for p in plans]
@@ -84,12 +85,12 @@ async def _both_finish(infra: Infra, pool: asyncpg.Pool, low: UUID, high: UUID,
             await hold.start()
             await holder.execute("SELECT 1 FROM workspaces WHERE id = $1 FOR NO KEY UPDATE",
                                  high)
-            second = asyncio.create_task(write(on_disk, low, high))
+            later = asyncio.create_task(second(on_disk))
             await _waiting(pool, on_disk)
-            first = asyncio.create_task(write(by_id, low, high))
+            sooner = asyncio.create_task(first(by_id))
             await _waiting(pool, by_id)
             await hold.commit()
-        outcomes = await asyncio.gather(second, first, return_exceptions=True)
+        outcomes = await asyncio.gather(later, sooner, return_exceptions=True)
         assert [o for o in outcomes if isinstance(o, BaseException)] == []
     finally:
         for p in plans:
@@ -112,7 +113,8 @@ async def test_requests_of_two_workspaces_in_two_plans_do_not_deadlock(
             assert isinstance(outcome, VideoResource), outcome
             quoted[w] += outcome.credits.quoted
 
-    await _both_finish(infra, pool, low, high, create)
+    await _both_finish(infra, pool, high, second=lambda conn: create(conn, low, high),
+                       first=lambda conn: create(conn, low, high))
     reserved = await pool.fetch("SELECT id, credits_reserved FROM workspaces"
                                 " WHERE id = any($1)", [low, high])
     assert {row["id"]: row["credits_reserved"] for row in reserved} == quoted
@@ -132,8 +134,40 @@ async def test_settlements_of_two_workspaces_in_two_plans_do_not_deadlock(
         return await finalize_many(conn, events, CATALOG)  # as the consumer: one statement
 
     charged = {w: sum(quote for _, _, quote in jobs[w]) for w in jobs}  # the whole duration
-    await _both_finish(infra, pool, low, high, settle)
+    await _both_finish(infra, pool, high, second=lambda conn: settle(conn, low, high),
+                       first=lambda conn: settle(conn, low, high))
     rows = await pool.fetch("SELECT id, credits_balance, credits_reserved FROM workspaces"
                             " WHERE id = any($1)", [low, high])
     assert {r["id"]: (r["credits_balance"], r["credits_reserved"]) for r in rows} == {
         w: (10_000 - charged[w], 0) for w in jobs}
+
+
+async def test_a_batch_of_request_events_and_a_batch_of_requests_do_not_deadlock(
+        infra: Infra, pool: asyncpg.Pool) -> None:
+    """A batch of Kafka request events is one transaction of one write per event: it took
+    the workspaces' rows in the order of its events (here the higher id first)."""
+    (low, high), characters = await _two_workspaces(pool)
+    deps = handlers.IntakeDeps(pool=pool, catalog=CATALOG, job_deadline=timedelta(hours=1))
+    workspaces = {w: handlers.Workspace(id=w, name="batch", sandbox=False) for w in characters}
+
+    def requested(w: UUID) -> tuple[VideoRequested, dict[str, Any]]:
+        raw = {"workspace_id": str(w), "request_id": str(uuid4()), "duration_seconds": 8,
+               "character_id": str(characters[w]), "scene_description": SCENE}
+        return VideoRequested.model_validate(raw), raw
+
+    events = [requested(high), requested(low)]
+
+    async def consume(conn: Conn) -> None:
+        async with conn.transaction():
+            await handlers.intake_events(deps, conn, events)
+
+    async def create(conn: Conn) -> None:
+        async with conn.transaction():
+            await handlers.create_videos(
+                deps, conn, [request(workspaces[w], characters[w], 8) for w in (low, high)])
+
+    await _both_finish(infra, pool, high, second=consume, first=create)
+    made = await pool.fetch("SELECT workspace_id, request_source FROM videos"
+                            " WHERE workspace_id = any($1)", [low, high])
+    assert sorted((r["workspace_id"], r["request_source"]) for r in made) == sorted(
+        (w, source) for w in (low, high) for source in ("kafka", "test"))
