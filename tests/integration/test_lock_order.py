@@ -35,9 +35,9 @@ Write = Callable[[Conn], Coroutine[Any, Any, object]]
 
 async def _two_workspaces(pool: asyncpg.Pool) -> tuple[tuple[UUID, UUID], dict[UUID, UUID]]:
     """Two workspaces (ids in order) with a character each, the second (by id) first on disk,
-    among a few thousand others: as in production, where the planner hashes a batch's few
-    workspaces and reads the table (here, in the ON_DISK plan: without it, the settlement's
-    hash join reads a small table into the hash and the batch in id order)."""
+    among thousands: as in production, where a hash join hashes a batch's few workspaces
+    and reads the table (with few rows in the table, the settlement's hash join hashes the
+    table instead and reads the batch, in id order, even in the ON_DISK plan)."""
     await pool.execute(
         "INSERT INTO workspaces (id, name, api_key_hash, sandbox)"
         " SELECT gen_random_uuid(), 'filler', convert_to(gen_random_uuid()::text, 'UTF8'),"
