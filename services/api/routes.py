@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from uuid import uuid4
 
+import asyncpg
 from aiohttp import web
 
 from services.api import handlers
@@ -56,8 +57,8 @@ STATIC = Path(__file__).resolve().parent / "static"
 @web.middleware
 async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every answer of the API is a resource or a problem document, also when the database
-    is gone (503 with Retry-After: nothing was created, the same request can be sent again)
-    or a handler has a bug (500, logged)."""
+    is gone or undid a write that conflicted with another (503 with Retry-After: nothing
+    was created, the same request can be sent again) or a handler has a bug (500, logged)."""
     try:
         return await _errors_and_auth(request, handler)
     except web.HTTPException:
@@ -66,6 +67,14 @@ async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamR
         log.warning("%s %s: the database is unavailable (%r)", request.method, request.path,
                     exc)
         return problem(503, "Service unavailable", "the database is unreachable; retry shortly",
+                       headers={"Retry-After": "1"})
+    except asyncpg.TransactionRollbackError as exc:
+        # A deadlock or a serialization failure: PostgreSQL undid the whole statement, so
+        # nothing was created, and the same request may well go through a moment later.
+        log.warning("%s %s: the write was undone by a conflict (%r)", request.method,
+                    request.path, exc)
+        return problem(503, "Service unavailable",
+                       "the write conflicted with another and was undone; retry shortly",
                        headers={"Retry-After": "1"})
     except Exception:
         log.exception("%s %s failed", request.method, request.path)
