@@ -114,6 +114,9 @@ class EmbeddedPostgres:
             options = (
                 f"-h 127.0.0.1 -p {self.port} -k {self.base_dir} "
                 f"-c max_connections=300 -c shared_buffers=128MB "
+                # Autovacuum looks every 5 s, not every minute: the outbox and jobs tables
+                # fill with dead rows within seconds under load (migration 0010).
+                f"-c autovacuum_naptime=5s "
                 f"-c fsync={'on' if self.fsync else 'off'} "
                 f"-c synchronous_commit={'on' if self.fsync else 'off'} "
                 f"-c full_page_writes={'on' if self.fsync else 'off'}"
