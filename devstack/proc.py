@@ -4,17 +4,50 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import time
 from pathlib import Path
 
+#: The lowest port `free_port` picks (below lie well-known and common service ports).
+_LOWEST_PORT = 10_000
+#: Linux's default start of the ephemeral range, for when the system's cannot be read.
+_EPHEMERAL_FALLBACK = 32_768
+
+
+#: The ports `free_port` has returned in this process.
+_GIVEN: set[int] = set()
+
+
+def _ephemeral_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return _EPHEMERAL_FALLBACK
+
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
+    """A loopback port free now, below the system's ephemeral range.
+
+    Not the kernel's choice (`bind` to port 0), which comes from the ephemeral range: the
+    servers on such ports are restarted (`make up` after a crash, the fault harness), and
+    while one is down any outgoing connection (a service reconnecting to PostgreSQL, say)
+    may be given its port as a source port, so that the restarted server cannot listen."""
+    rng = random.SystemRandom()
+    top = max(_ephemeral_start(), _LOWEST_PORT + 1_000)
+    for _ in range(200):
+        port = rng.randrange(_LOWEST_PORT, top)
+        if port in _GIVEN:  # handed out already, its server perhaps not listening yet
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _GIVEN.add(port)
         return port
+    raise RuntimeError(f"no free loopback port between {_LOWEST_PORT} and {top}")
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
