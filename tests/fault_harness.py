@@ -57,6 +57,9 @@ from tests.standins.replicate import TOKEN, ReplicateStandIn, Script
 SCENE = ("Walking through a marble hotel lobby at golden hour, subtle camera push-in, "
          "confident luxury travel energy")
 RETRYABLE = {409, 429, 500, 502, 503, 504}
+#: How long one Kafka send (or the producer's final flush) may take before it is retried.
+SEND_TIMEOUT_SECONDS = 10.0
+log = logging.getLogger("influgen.faults")
 
 
 @dataclass
@@ -246,14 +249,21 @@ class Harness:
             while self._tasks:  # the last requests, still retrying
                 await asyncio.wait(set(self._tasks))
         finally:
-            await producer.stop()
+            try:  # flushes what is pending: as long as the broker is away, without a bound
+                async with asyncio.timeout(SEND_TIMEOUT_SECONDS):
+                    await producer.stop()
+            except TimeoutError:
+                log.warning("the harness's Kafka producer did not stop; left behind")
 
     async def publish(self, producer: AIOKafkaProducer, rid: str, value: bytes) -> None:
         """Until the broker acknowledges it; a re-send is a duplicate the api must absorb."""
         deadline = time.monotonic() + self.cfg.give_up_seconds
         while time.monotonic() < deadline:
             try:
-                await producer.send_and_wait(TOPIC_REQUESTED, value, key=rid.encode())
+                # Bounded, so that a broker that never comes back (a restart that failed)
+                # ends the run with that failure rather than with sends left waiting.
+                async with asyncio.timeout(SEND_TIMEOUT_SECONDS):
+                    await producer.send_and_wait(TOPIC_REQUESTED, value, key=rid.encode())
                 self.sent.kafka_acked.add(rid)
                 return
             except Exception as exc:  # aiokafka's errors share no narrower base
@@ -495,8 +505,10 @@ async def fault_stack(cfg: Config, keep_on_failure: bool = False) -> AsyncIterat
         await asyncio.to_thread(stack.down)
         logs = Path("tests/artifacts/fault-logs")
         logs.mkdir(parents=True, exist_ok=True)
-        for log in stack.logs.glob("*.log"):
-            shutil.copy(log, logs / log.name)
+        kept = [*stack.logs.glob("*.log"), stack.kafka.log_file, stack.postgres.log_file]
+        for path in kept:  # Kafka's and PostgreSQL's too: a restart that failed is in them
+            if path.exists():
+                shutil.copy(path, logs / path.name)
         shutil.rmtree(run_dir, ignore_errors=True)
         await server.close()
 
