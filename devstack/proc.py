@@ -31,9 +31,10 @@ def free_port() -> int:
     """A loopback port free now, below the system's ephemeral range.
 
     Not the kernel's choice (`bind` to port 0), which comes from the ephemeral range: the
-    servers on such ports are restarted (`make up` after a crash, the fault harness), and
-    while one is down any outgoing connection (a service reconnecting to PostgreSQL, say)
-    may be given its port as a source port, so that the restarted server cannot listen."""
+    servers on these ports (the tests', the benchmarks' stacks) may be restarted (the fault
+    harness restarts PostgreSQL and Kafka), and while one is down any outgoing connection (a
+    service reconnecting to PostgreSQL, say) may be given its port as a source port, so that
+    the restarted server cannot listen."""
     rng = random.SystemRandom()
     top = max(_ephemeral_start(), _LOWEST_PORT + 1_000)
     for _ in range(200):
