@@ -19,6 +19,9 @@ class ApiSettings(CommonSettings):
     rate_limit_per_second: float = 50.0
     rate_limit_burst: float = 100.0
     #: Group commit of new videos: at most this many requests are written together, and at
-    #: most this many such batches are written at once.
+    #: most this many such batches are written at once. One by default: a second writer split
+    #: the same requests into smaller batches (more statements, and batches of a workspace
+    #: wait for each other's lock on its row), which cost more on two cores than the overlap
+    #: gained, with one workspace or eight (docs/performance.md, 2026-12-02).
     intake_batch_max: int = 128
-    intake_batch_concurrency: int = 2
+    intake_batch_concurrency: int = 1
