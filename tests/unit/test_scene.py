@@ -1,8 +1,12 @@
 from __future__ import annotations
 
-import pytest
+import re
 
-from services.api.scene import ASPECTS, scene_feedback
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from services.api.scene import _NOT_PLACES, _WORDS, ASPECTS, scene_feedback
 
 
 @pytest.mark.parametrize(
@@ -32,3 +36,69 @@ def test_words_inside_other_words_do_not_count() -> None:
     # "pan" in "panel", "bar" in "barely", "car" in "scarf": no false framing/setting.
     feedback = scene_feedback("panel scarf barely")
     assert feedback.present == []
+
+
+# The regular expressions scene feedback used before it split the description into words
+# (services/api/scene.py): the reference the faster matching must agree with.
+def _reference_present(text: str) -> set[str]:
+    patterns = {
+        aspect: re.compile(
+            r"(?<![\w-])(" + "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
+            + r")(?![\w-])", re.IGNORECASE)
+        for aspect, words in _WORDS.items()
+    }
+    setting = re.compile(
+        r"\b(in|at|on|inside|outside|through|across|by|near) (a|an|the|her|his|their) "
+        r"(?!(?:" + "|".join(_NOT_PLACES) + r")\b)\w+", re.IGNORECASE)
+    return {a for a in ASPECTS
+            if patterns[a].search(text) or (a == "setting" and setting.search(text))}
+
+
+_PHRASES = sorted({w for words in _WORDS.values() for w in words if " " in w})
+_SINGLE_WORDS = sorted({w for words in _WORDS.values() for w in words if " " not in w})
+_PREPOSITIONS = ["in", "at", "on", "by", "near", "inside", "across", "outside", "through",
+                 "under", "xin"]
+_DETERMINERS = ["a", "an", "the", "her", "his", "their", "my"]
+_OTHERS = sorted({*_NOT_PLACES, "panel", "pan-fried", "x", "beatbox", "Café", "CAFÉ", "_", "9",
+                  "ſtudio"})
+_GAPS = [" ", " ", " ", "  ", ", ", "-", "\n", ". ", "", "\u00a0", "é", "_"]
+
+
+def _cased(word: str) -> str:
+    return word.upper() if len(word) % 3 == 0 else word.title() if len(word) % 3 == 1 else word
+
+
+@st.composite
+def _descriptions(draw: st.DrawFn) -> str:
+    """A few parts, each a listed phrase, a "preposition determiner word" group (the setting
+    pattern's, near misses included) or a single word, with random gaps within and between
+    them: descriptions that name only some aspects, at boundaries that matter."""
+    gap = st.sampled_from(_GAPS)
+
+    def joined(words: list[str]) -> str:
+        return "".join(w + draw(gap) for w in words[:-1]) + words[-1]
+
+    phrase = st.sampled_from(_PHRASES).map(lambda p: p.split(" "))
+    setting = st.tuples(st.sampled_from(_PREPOSITIONS), st.sampled_from(_DETERMINERS),
+                        st.sampled_from([*_OTHERS, *_SINGLE_WORDS])).map(list)
+    single = st.sampled_from([*_OTHERS, *_SINGLE_WORDS]).map(lambda w: [w])
+    parts = draw(st.lists(st.one_of(phrase, setting, single), max_size=3))
+    return draw(st.sampled_from(["", " ", "-", "("])) + "".join(
+        joined([_cased(w) for w in part]) + draw(gap) for part in parts)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(_descriptions(), st.text(max_size=80)))
+def test_agrees_with_the_regular_expressions(text: str) -> None:
+    assert set(scene_feedback(text).present) == _reference_present(text)
+
+
+def test_agrees_on_every_phrase_and_setting_group() -> None:
+    """Every listed phrase and every "preposition determiner word" group, with each gap
+    (the random descriptions above may miss a particular one)."""
+    texts = [g.join(_cased(w) for w in p.split(" ")) for p in _PHRASES for g in _GAPS]
+    texts += [f"{p}{g}{d} {w}" for p in _PREPOSITIONS for d in _DETERMINERS
+              for w in ("panel", "beat", "beatbox") for g in (" ", "  ", "-")]
+    texts += [f"push-{p} the panel" for p in _PREPOSITIONS]
+    for text in texts:
+        assert set(scene_feedback(text).present) == _reference_present(text), text
