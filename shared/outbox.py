@@ -248,12 +248,16 @@ class OutboxRelay:
                         first_delay=self._poll_interval)
 
     async def run_session(self) -> None:
-        """One session: take the lock (or return after a poll interval), then relay."""
+        """One session: wait for the lock, trying every poll interval on one connection,
+        then relay. (A standby used to connect anew for every try: a PostgreSQL backend
+        started and ended every second in each standby process, measured on the idle stack
+        at 1.5% of a core in the backends and about 5% in all, a fifth of its idle CPU.)"""
         conn: Conn = await asyncpg.connect(self._dsn)
         try:
-            if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK):
+            while True:  # another process's session holds the lock while it relays
+                if await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK):
+                    break
                 await asyncio.sleep(self._poll_interval)
-                return
             producer = AIOKafkaProducer(
                 bootstrap_servers=self._bootstrap,
                 enable_idempotence=True,

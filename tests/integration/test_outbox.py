@@ -139,6 +139,37 @@ async def test_only_one_relay_is_active(infra: Infra) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+async def test_a_standby_relay_keeps_its_connection(infra: Infra) -> None:
+    """A standby tries the lock again on the connection it has, rather than connecting anew
+    for every try (a PostgreSQL backend started and ended per try, in every standby)."""
+    relays = [OutboxRelay(dsn=infra.database_url, bootstrap_servers=infra.bootstrap_servers,
+                          poll_interval=0.05) for _ in range(2)]
+    tasks = [asyncio.create_task(r.run()) for r in relays]
+    conn = await asyncpg.connect(infra.database_url)
+
+    async def trying() -> set[int]:
+        """The backends whose last statement was a relay's try for the lock."""
+        rows = await conn.fetch("SELECT pid FROM pg_stat_activity WHERE query ="
+                                " 'SELECT pg_try_advisory_lock($1)' AND pid <> pg_backend_pid()")
+        return {row["pid"] for row in rows}
+
+    async def one_trying() -> bool:
+        return len(await trying()) == 1
+
+    try:
+        assert await _until(lambda: any(r.active for r in relays), 5)
+        assert await _until(one_trying, 5)
+        before = await trying()
+        await asyncio.sleep(0.6)  # a dozen tries
+        assert await trying() == before
+        assert len(before) == 1
+    finally:
+        await conn.close()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 async def _write_eager(pool: asyncpg.Pool, publisher: Publisher,
                        *events: VideoRequestRejected) -> bool:
     """Write `events` as the services' one-statement writes do (`shared.outbox` helpers),
