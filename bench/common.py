@@ -75,13 +75,18 @@ def _cpu(proc: psutil.Process) -> float:
 
 def cpu_seconds(stack: Stack) -> dict[str, float]:
     """CPU time (user + system) used so far by each process of the stack: the services,
-    the broker, and PostgreSQL with all its backends."""
+    the broker, and PostgreSQL with all its backends, those that have ended included."""
     pids = {name: stack.service_pid(name) for name in ("api", "generator", "finalizer")}
     pids["kafka"] = stack.kafka.pid()
     out = {name: _cpu(psutil.Process(pid)) for name, pid in pids.items() if pid is not None}
     if (pg := stack.postgres.pid()) is not None:
         root = psutil.Process(pg)
         out["postgres"] = sum(_cpu(p) for p in (root, *root.children(recursive=True)))
+        # and the backends that have ended (connections closed, autovacuum workers), whose
+        # time the server collected when they exited
+        with suppress(psutil.NoSuchProcess):
+            times = root.cpu_times()
+            out["postgres"] += times.children_user + times.children_system
     return out
 
 
