@@ -98,10 +98,9 @@ def _named_aspects(description: str) -> set[str]:
     words = [w.casefold() for w in parts[::2]]
     gaps = parts[1::2]  # gaps[i] is between words[i] and words[i + 1]
     found: set[str] = set()
-    for word in set(words):
-        found |= _ASPECTS_OF.get((word,), _NONE)
     for i, word in enumerate(words):
         phrase: tuple[str, ...] = (word,)
+        found |= _ASPECTS_OF.get(phrase, _NONE)
         j = i + 1
         while phrase in _BEGINNINGS and j < len(words) and gaps[j - 1] == " ":
             phrase = (*phrase, words[j])

@@ -40,18 +40,20 @@ def test_words_inside_other_words_do_not_count() -> None:
 
 # The regular expressions scene feedback used before it split the description into words
 # (services/api/scene.py): the reference the faster matching must agree with.
+_REFERENCE_PATTERNS = {
+    aspect: re.compile(
+        r"(?<![\w-])(" + "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
+        + r")(?![\w-])", re.IGNORECASE)
+    for aspect, words in _WORDS.items()
+}
+_REFERENCE_SETTING = re.compile(
+    r"\b(in|at|on|inside|outside|through|across|by|near) (a|an|the|her|his|their) "
+    r"(?!(?:" + "|".join(_NOT_PLACES) + r")\b)\w+", re.IGNORECASE)
+
+
 def _reference_present(text: str) -> set[str]:
-    patterns = {
-        aspect: re.compile(
-            r"(?<![\w-])(" + "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
-            + r")(?![\w-])", re.IGNORECASE)
-        for aspect, words in _WORDS.items()
-    }
-    setting = re.compile(
-        r"\b(in|at|on|inside|outside|through|across|by|near) (a|an|the|her|his|their) "
-        r"(?!(?:" + "|".join(_NOT_PLACES) + r")\b)\w+", re.IGNORECASE)
-    return {a for a in ASPECTS
-            if patterns[a].search(text) or (a == "setting" and setting.search(text))}
+    return {a for a in ASPECTS if _REFERENCE_PATTERNS[a].search(text)
+            or (a == "setting" and _REFERENCE_SETTING.search(text))}
 
 
 _PHRASES = sorted({w for words in _WORDS.values() for w in words if " " in w})
