@@ -66,7 +66,7 @@ def service_rss_mb(stack: Stack) -> dict[str, float]:
     return rss
 
 
-def _cpu(proc: psutil.Process) -> float:
+def process_cpu(proc: psutil.Process) -> float:
     with suppress(psutil.NoSuchProcess):
         times = proc.cpu_times()
         return float(times.user + times.system)
@@ -78,10 +78,10 @@ def cpu_seconds(stack: Stack) -> dict[str, float]:
     the broker, and PostgreSQL with all its backends, those that have ended included."""
     pids = {name: stack.service_pid(name) for name in ("api", "generator", "finalizer")}
     pids["kafka"] = stack.kafka.pid()
-    out = {name: _cpu(psutil.Process(pid)) for name, pid in pids.items() if pid is not None}
+    out = {name: process_cpu(psutil.Process(pid)) for name, pid in pids.items() if pid is not None}
     if (pg := stack.postgres.pid()) is not None:
         root = psutil.Process(pg)
-        out["postgres"] = sum(_cpu(p) for p in (root, *root.children(recursive=True)))
+        out["postgres"] = sum(process_cpu(p) for p in (root, *root.children(recursive=True)))
         # and the backends that have ended (connections closed, autovacuum workers), whose
         # time the server collected when they exited
         with suppress(psutil.NoSuchProcess):

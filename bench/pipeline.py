@@ -1,9 +1,10 @@
 """Pipeline overhead: time from the `202` to the `video.approved` event on
 `influgen.video.completed.v1` (sandbox provider), at fixed rates, beside a Kafka
-produce -> consume round trip on the same broker, measured in the same run. Done for two
-consumer fetch waits, since that setting trades idle CPU against latency. Each run also
-records the CPU time each process spent per job (idle polling included), which says where a
-2-core machine's capacity goes."""
+produce -> consume round trip on the same broker, measured in the same run, and at the
+default fetch wait beside the floor (`bench.floor`: the least three hops with a statement
+each cost on the same broker and database). Done for two consumer fetch waits, since that
+setting trades idle CPU against latency. Each run also records the CPU time each process
+spent per job (idle polling included), which says where a 2-core machine's capacity goes."""
 
 from __future__ import annotations
 
@@ -11,20 +12,25 @@ import asyncio
 import json
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from bench.common import bench_stack, cpu_seconds, cpu_spent, settle, write_result
+from bench.floor import floor_pipeline
 from devstack.stack import call_api
 from services.generator.settings import GeneratorSettings
 from shared.kafka import topic_partitions
+from shared.settings import CommonSettings
 
 RATES = (50, 200)
 WARM_UP_RATE = 100
 SECONDS = 10
 FETCH_WAITS = (10, 100)
+#: The floor (`bench.floor`) runs on the stack with the services' default fetch wait.
+FLOOR_FETCH_WAIT = CommonSettings.model_fields["kafka_fetch_max_wait_ms"].default
 IDLE_SECONDS = 10
 SCENE = "Walking through a hotel lobby at golden hour, slow push-in, confident energy"
 
@@ -82,28 +88,29 @@ async def round_trip(bootstrap: str, rate: int) -> dict[str, Any]:
             "messages": len(latencies)}
 
 
-async def pipeline(api_url: str, key: str, character: str, bootstrap: str, rate: int
-                   ) -> dict[str, Any]:
-    consumer = await _consumer(bootstrap, "influgen.video.completed.v1")
+async def timed_load(url: str, body: bytes, headers: dict[str, str], bootstrap: str,
+                     topic: str, done_id: Callable[[bytes], str | None], rate: int,
+                     seconds: float = SECONDS) -> dict[str, Any]:
+    """POST `body` to `url` `rate` times a second for `seconds` (an open model: each request
+    starts on schedule) and time each from its 202 (whose JSON names an `id`) to the first
+    record on `topic` for which `done_id` gives that id."""
+    consumer = await _consumer(bootstrap, topic)
     accepted: dict[str, float] = {}
     done: dict[str, float] = {}
-    total = rate * SECONDS
+    total = round(rate * seconds)
 
     async def receive() -> None:
         while len(done) < total:
             for records in (await consumer.getmany(timeout_ms=200)).values():
                 now = time.perf_counter()
                 for r in records:
-                    event = json.loads(r.value)
-                    if event["event_type"] == "video.approved":
-                        done.setdefault(event["video"]["id"], now)
+                    if (key := done_id(r.value)) is not None:
+                        done.setdefault(key, now)
 
-    body = {"character_id": character, "scene_description": SCENE, "duration_seconds": 5}
-    headers = {"Authorization": f"Bearer {key}"}
     reader = asyncio.create_task(receive())
     async with aiohttp.ClientSession() as http:
         async def one() -> None:
-            async with http.post(f"{api_url}/v1/videos", json=body, headers=headers) as resp:
+            async with http.post(url, data=body, headers=headers) as resp:
                 data = await resp.json()
                 accepted[data["id"]] = time.perf_counter()
 
@@ -119,13 +126,30 @@ async def pipeline(api_url: str, key: str, character: str, bootstrap: str, rate:
         reader.cancel()
     await consumer.stop()
     latencies = [(done[v] - accepted[v]) * 1000 for v in accepted if v in done]
-    return {"rate": rate, "jobs": total, "completed": len(latencies),
+    return {"jobs": total, "completed": len(latencies),
             "p50_ms": _pct(latencies, 0.5), "p99_ms": _pct(latencies, 0.99),
             "mean_ms": round(statistics.fmean(latencies), 1)}
 
 
+def _approved_video(value: bytes) -> str | None:
+    event = json.loads(value)
+    return str(event["video"]["id"]) if event["event_type"] == "video.approved" else None
+
+
+async def pipeline(api_url: str, key: str, character: str, bootstrap: str, rate: int
+                   ) -> dict[str, Any]:
+    """202 -> `video.approved` for sandbox videos of an autopilot character."""
+    body = json.dumps({"character_id": character, "scene_description": SCENE,
+                       "duration_seconds": 5}).encode()
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    result = await timed_load(f"{api_url}/v1/videos", body, headers, bootstrap,
+                              "influgen.video.completed.v1", _approved_video, rate)
+    return {"rate": rate, **result}
+
+
 def run() -> dict[str, Any]:
     runs = []
+    floor: list[dict[str, Any]] = []
     idle: list[dict[str, Any]] = []
     for wait in FETCH_WAITS:
         env = {"INFLUGEN_RATE_LIMIT_PER_SECOND": "0", "INFLUGEN_LOG_LEVEL": "WARNING",
@@ -165,7 +189,18 @@ def run() -> dict[str, Any]:
                       f"{result['p50_ms']} ms p99 {result['p99_ms']} ms "
                       f"({result['completed']}/{result['jobs']}); kafka round trip p50 "
                       f"{baseline['p50_ms']} ms p99 {baseline['p99_ms']} ms")
+            if wait == FLOOR_FETCH_WAIT:
+                floor = floor_pipeline(stack, RATES)
+    for run_ in runs:
+        if run_["fetch_max_wait_ms"] == FLOOR_FETCH_WAIT:
+            same = next(f for f in floor if f["rate"] == run_["rate"])
+            run_["ratio_p50_to_floor_p50"] = round(run_["p50_ms"] / max(same["p50_ms"], 0.1), 1)
+    for f in floor:
+        print(f"pipeline floor {f['rate']}/s: 202->last record p50 {f['p50_ms']} ms p99 "
+              f"{f['p99_ms']} ms ({f['completed']}/{f['jobs']}); CPU per job "
+              f"{f['cpu_ms_per_job']}")
     out = {"runs": runs, "idle": idle, "goal": "p50 <= 30 ms and p99 <= 150 ms at 200 jobs/s",
+           "baseline_floor": {"fetch_max_wait_ms": FLOOR_FETCH_WAIT, "runs": floor},
            "generator_sandbox_slots": GeneratorSettings().provider_concurrency["sandbox"]}
     write_result("pipeline", out)
     return out
