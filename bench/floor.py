@@ -2,7 +2,7 @@
 database, measured in the same run as the stack.
 
 Three processes, as the stack has three services: an aiohttp handler that inserts a row
-(one statement) and sends the request on to a topic, answering 202; two relays that each
+(one statement) and sends its id on to a topic, answering 202; two relays that each
 consume a batch, update its rows (one statement) and send every record on to the next
 topic. The load generator is the pipeline benchmark's own (`bench.pipeline.timed_load`):
 the same requests per second, the same consumer, latency from the 202 to the record on the
@@ -13,8 +13,10 @@ None of the product's work: no validation, credits, idempotency, inbox, live sta
 outbox, so a send is not tied to its commit (a record can be lost, or sent for a row that
 was rolled back): the floor is what the machine allows a Python pipeline of this shape,
 not a design to copy. What it says: how much of the pipeline's latency at a rate comes
-with the machine (three processes, four Kafka hops, a statement each) rather than with the
-stack. The processes are this module: `python -m bench.floor serve|relay ...`."""
+with the machine (three processes, three Kafka hops, a statement each) rather than with the
+stack. The processes are this module: `python -m bench.floor serve|relay ...`; its table
+(`bench_floor_rows`) and topics (`influgen.bench.floor.*`) exist only while it runs, also on
+an existing server or cluster (`DATABASE_URL`, `KAFKA_BOOTSTRAP_SERVERS`)."""
 
 from __future__ import annotations
 
@@ -37,17 +39,19 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bench.common import cpu_seconds, cpu_spent, process_cpu
-from devstack.proc import free_port, terminate
+from devstack.proc import free_port
 from devstack.stack import Stack
+from shared.consumer import MAX_BATCH, POLL_WAIT_MS
 from shared.runtime import mark_ready
 from shared.runtime import run as run_on_uvloop
+from shared.settings import CommonSettings
 
 TABLE = "bench_floor_rows"
 TOPICS = ("influgen.bench.floor.a", "influgen.bench.floor.b", "influgen.bench.floor.c")
 #: As the services' subscribers (`shared.consumer`) and their default fetch wait.
-POLL_MS = 20
-MAX_RECORDS = 100
-FETCH_MAX_WAIT_MS = 100
+POLL_MS = POLL_WAIT_MS
+MAX_RECORDS = MAX_BATCH
+FETCH_MAX_WAIT_MS: int = CommonSettings.model_fields["kafka_fetch_max_wait_ms"].default
 
 
 def _producer(bootstrap: str) -> AIOKafkaProducer:
@@ -186,7 +190,13 @@ def floor_pipeline(stack: Stack, rates: tuple[int, ...]) -> list[dict[str, Any]]
                                 "cpu_ms_per_job": {**cpu, "total": round(sum(cpu.values()), 1)}})
         finally:
             for proc in procs:
-                terminate(proc.pid, timeout=10)
+                proc.terminate()
+            for proc in procs:
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
             asyncio.run(_clean_up(bootstrap, dsn))
     return results
 

@@ -19,18 +19,17 @@ import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from bench.common import bench_stack, cpu_seconds, cpu_spent, settle, write_result
-from bench.floor import floor_pipeline
+from bench.floor import FETCH_MAX_WAIT_MS, floor_pipeline
 from devstack.stack import call_api
 from services.generator.settings import GeneratorSettings
 from shared.kafka import topic_partitions
-from shared.settings import CommonSettings
 
 RATES = (50, 200)
 WARM_UP_RATE = 100
 SECONDS = 10
 FETCH_WAITS = (10, 100)
 #: The floor (`bench.floor`) runs on the stack with the services' default fetch wait.
-FLOOR_FETCH_WAIT = CommonSettings.model_fields["kafka_fetch_max_wait_ms"].default
+FLOOR_FETCH_WAIT = FETCH_MAX_WAIT_MS
 IDLE_SECONDS = 10
 SCENE = "Walking through a hotel lobby at golden hour, slow push-in, confident energy"
 
