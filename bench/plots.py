@@ -47,7 +47,7 @@ def intake(data: dict[str, Any]) -> Any:
 
 
 def pipeline(data: dict[str, Any]) -> Any:
-    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    fig, ax = plt.subplots(figsize=(9.5, 4.2))
     for i, wait in enumerate(sorted({r["fetch_max_wait_ms"] for r in data["runs"]})):
         runs = [r for r in data["runs"] if r["fetch_max_wait_ms"] == wait]
         x = [r["rate"] for r in runs]
@@ -57,11 +57,15 @@ def pipeline(data: dict[str, Any]) -> Any:
                 label=f"p99, fetch wait {wait} ms")
         ax.plot(x, [r["baseline_kafka_round_trip"]["p50_ms"] for r in runs], ls=":",
                 color=f"C{i}", label=f"Kafka round trip p50 ({wait} ms)")
+    floor = data.get("baseline_floor", {}).get("runs", [])  # (results before 2026-12-02)
+    if floor:
+        ax.plot([f["rate"] for f in floor], [f["p50_ms"] for f in floor], marker="^",
+                ls="-.", color="black", label="floor p50 (bench/floor.py)")
     ax.axhline(30, color="grey", ls="--", lw=0.8, label="goals: p50 30 ms, p99 150 ms")
     ax.axhline(150, color="grey", ls="--", lw=0.8)
     ax.set(xlabel="jobs/s", ylabel="202 -> video.approved (ms)", yscale="log",
            title="Pipeline overhead (sandbox provider)")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return fig
 
 
