@@ -36,21 +36,20 @@ import asyncpg
 import psutil
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient
 
 from bench.common import cpu_seconds, cpu_spent, process_cpu
 from devstack.proc import free_port
 from devstack.stack import Stack
 from shared.consumer import MAX_BATCH, POLL_WAIT_MS
+from shared.kafka import ensure_topics
 from shared.runtime import mark_ready
 from shared.runtime import run as run_on_uvloop
 from shared.settings import CommonSettings
 
 TABLE = "bench_floor_rows"
 TOPICS = ("influgen.bench.floor.a", "influgen.bench.floor.b", "influgen.bench.floor.c")
-#: As the services' subscribers (`shared.consumer`) and their default fetch wait.
-POLL_MS = POLL_WAIT_MS
-MAX_RECORDS = MAX_BATCH
+#: The services' default (their subscribers' poll and batch come from `shared.consumer`).
 FETCH_MAX_WAIT_MS: int = CommonSettings.model_fields["kafka_fetch_max_wait_ms"].default
 
 
@@ -95,7 +94,7 @@ async def relay(bootstrap: str, dsn: str, source: str, target: str, hop: int,
     await consumer.start()
     joined = False
     while True:
-        batches = await consumer.getmany(timeout_ms=POLL_MS, max_records=MAX_RECORDS)
+        batches = await consumer.getmany(timeout_ms=POLL_WAIT_MS, max_records=MAX_BATCH)
         if not joined and consumer.assignment():
             mark_ready(ready)
             joined = True
@@ -116,15 +115,7 @@ async def _prepare(bootstrap: str, dsn: str, partitions: int) -> None:
                            " body bytea NOT NULL)")
     finally:
         await conn.close()
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15_000)
-    await admin.start()
-    try:
-        missing = [t for t in TOPICS if t not in set(await admin.list_topics())]
-        if missing:
-            await admin.create_topics([NewTopic(t, num_partitions=partitions,
-                                                replication_factor=1) for t in missing])
-    finally:
-        await admin.close()
+    await ensure_topics(bootstrap, partitions, TOPICS)
 
 
 async def _clean_up(bootstrap: str, dsn: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -54,15 +55,17 @@ def make_broker(bootstrap_servers: str, client_id: str) -> KafkaBroker:
     )
 
 
-async def ensure_topics(bootstrap_servers: str, partitions: int = 6) -> list[str]:
-    """Create the topics of SPEC section 7 that do not exist yet; return the ones created."""
+async def ensure_topics(bootstrap_servers: str, partitions: int = 6,
+                        topics: Sequence[str] = ALL_TOPICS) -> list[str]:
+    """Create those of `topics` (by default SPEC section 7's) that do not exist yet; return
+    the ones created."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=15_000)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        missing = [t for t in ALL_TOPICS if t not in existing]
+        missing = [t for t in topics if t not in existing]
         if missing:
             await admin.create_topics(
                 [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in missing]
