@@ -39,7 +39,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from bench.common import cpu_seconds, cpu_spent, process_cpu
-from devstack.proc import free_port
+from devstack.proc import free_port, terminate
 from devstack.stack import Stack
 from shared.consumer import MAX_BATCH, POLL_WAIT_MS
 from shared.kafka import ensure_topics
@@ -107,23 +107,24 @@ async def relay(bootstrap: str, dsn: str, source: str, target: str, hop: int,
             await producer.send(target, record.value, key=record.key)
 
 
-async def _prepare(bootstrap: str, dsn: str, partitions: int) -> None:
+async def _execute(dsn: str, *statements: str) -> None:
     conn = await asyncpg.connect(dsn)
     try:
-        await conn.execute(f"DROP TABLE IF EXISTS {TABLE}")
-        await conn.execute(f"CREATE TABLE {TABLE} (id uuid PRIMARY KEY, hop int NOT NULL,"
-                           " body bytea NOT NULL)")
+        for statement in statements:
+            await conn.execute(statement)
     finally:
         await conn.close()
+
+
+async def _prepare(bootstrap: str, dsn: str, partitions: int) -> None:
+    await _execute(dsn, f"DROP TABLE IF EXISTS {TABLE}",
+                   f"CREATE TABLE {TABLE} (id uuid PRIMARY KEY, hop int NOT NULL,"
+                   " body bytea NOT NULL)")
     await ensure_topics(bootstrap, partitions, TOPICS)
 
 
 async def _clean_up(bootstrap: str, dsn: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(f"DROP TABLE IF EXISTS {TABLE}")
-    finally:
-        await conn.close()
+    await _execute(dsn, f"DROP TABLE IF EXISTS {TABLE}")
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15_000)
     await admin.start()
     try:
@@ -181,13 +182,7 @@ def floor_pipeline(stack: Stack, rates: tuple[int, ...]) -> list[dict[str, Any]]
                                 "cpu_ms_per_job": {**cpu, "total": round(sum(cpu.values()), 1)}})
         finally:
             for proc in procs:
-                proc.terminate()
-            for proc in procs:
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+                terminate(proc.pid, timeout=10)
             asyncio.run(_clean_up(bootstrap, dsn))
     return results
 
