@@ -10,14 +10,15 @@ batch to fill.
 Offsets (AckPolicy.MANUAL: FastStream commits nothing itself): a batch's offsets are
 recorded as applied once its transaction committed, and `AppliedOffsets` commits what was
 applied every `COMMIT_INTERVAL_SECONDS`, and once more before the broker stops
-(`stop_broker`), never anything that was not applied. A record that cannot be parsed goes
-to the DLQ (then its offset is committed with the rest). When the batch's transaction fails,
-each message is applied again in its own transaction, so one bad message holds no other's
-effect back; if one still fails, the batch is rewound to its first records and redelivered
-after a pause (so that an outage, database down, does not spin). Messages applied before
-the rewind, or applied and not yet committed when a process dies or a rebalance moves their
-partition, are no-ops when they come again: every handler records its events in the inbox
-in the effect's transaction."""
+(`stop_broker`), never anything that was not applied (nor, for a handler whose commits do
+not wait for the disk, anything not yet flushed: the `flush` of `subscribe`). A record that
+cannot be parsed goes to the DLQ (then its offset is committed with the rest). When the
+batch's transaction fails, each message is applied again in its own transaction, so one bad
+message holds no other's effect back; if one still fails, the batch is rewound to its first
+records and redelivered after a pause (so that an outage, database down, does not spin).
+Messages applied before the rewind, or applied and not yet committed when a process dies or
+a rebalance moves their partition, are no-ops when they come again: every handler records
+its events in the inbox in the effect's transaction."""
 
 from __future__ import annotations
 
@@ -141,10 +142,13 @@ async def pause_before_redelivery(exc: BaseException, consumer: str) -> None:
 
 class AppliedOffsets:
     """The offsets one subscriber has applied (the next offset to read, per partition),
-    committed by one task every `COMMIT_INTERVAL_SECONDS` while there is something new."""
+    committed by one task every `COMMIT_INTERVAL_SECONDS` while there is something new.
+    With `flush`, each commit first awaits it (for handlers whose commits do not wait for
+    the disk: see `subscribe`), and a flush that fails commits nothing."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, flush: Callable[[], Awaitable[object]] | None = None) -> None:
         self._name = name
+        self._flush = flush
         self._applied: dict[TopicPartition, int] = {}
         self._committed: dict[TopicPartition, int] = {}
         self._consumer: AIOKafkaConsumer | None = None
@@ -179,6 +183,13 @@ class AppliedOffsets:
                if self._committed.get(tp) != offset}
         if not due:
             return
+        if self._flush is not None:
+            try:
+                await self._flush()  # the effects of `due` were committed before this
+            except Exception as exc:
+                log.info("%s: making the applied batches durable failed (%r); committing"
+                         " their offsets in %.1fs", self._name, exc, COMMIT_INTERVAL_SECONDS)
+                return
         try:
             await consumer.commit(due)
         except Exception as exc:
@@ -244,6 +255,7 @@ def subscribe(
     instance_id: str = "",
     one_statement: bool = False,
     fetch_min_bytes: int = 1,
+    flush: Callable[[], Awaitable[object]] | None = None,
 ) -> None:
     """Subscribe `handle` to `topic`: decode (or dead-letter) each record of a batch, then
     apply the batch in one transaction (`one_by_one` turns a handler of one event into a
@@ -251,8 +263,12 @@ def subscribe(
     that `handle` writes a batch with one statement (its inbox rows included; reads may come
     before it), which is atomic without a transaction: two round trips fewer per batch, and
     the rows it locks are released at its end rather than after the COMMIT's round trip.
-    `fetch_min_bytes`: what a fetch waits for, up to `fetch_max_wait_ms` (1: none)."""
-    offsets = AppliedOffsets(f"{consumer}:{topic}")
+    `fetch_min_bytes`: what a fetch waits for, up to `fetch_max_wait_ms` (1: none).
+    `flush`: for a handler that commits without waiting for the disk
+    (`shared.db.NO_FLUSH_WAIT`), what makes its commits durable (`shared.db.flush_wal`),
+    awaited before offsets are committed: a crash of PostgreSQL then loses no effect whose
+    message Kafka would not deliver again."""
+    offsets = AppliedOffsets(f"{consumer}:{topic}", flush)
     _OFFSETS.setdefault(broker, []).append(offsets)
 
     subscriber = broker.subscriber(

@@ -60,6 +60,26 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asy
     return pool
 
 
+#: A select-list item that makes the commit of its statement's transaction asynchronous
+#: (`synchronous_commit = off` for that transaction alone: `set_config` with `is_local`):
+#: the statement returns without waiting for its WAL to reach the disk, and a crash of
+#: PostgreSQL (not of the client) within the next few hundred milliseconds, up to three
+#: `wal_writer_delay`s, may lose the transaction. PostgreSQL evaluates it per row returned:
+#: a statement that returns no row commits as usual. Only for a write whose loss is made up
+#: for: its effect reaches nobody before a later synchronous commit flushes the WAL (which is
+#: flushed in order, so that commit covers it), or its input is not acknowledged before
+#: `flush_wal` (the generator's job events; see `services.generator.repository.accept`).
+NO_FLUSH_WAIT = "set_config('synchronous_commit', 'off', true) AS no_flush_wait"
+
+
+async def flush_wal(db: Conn | asyncpg.Pool) -> None:
+    """Make every transaction committed before this call durable, those committed with
+    `NO_FLUSH_WAIT` included: a one-row write committed synchronously flushes the WAL up to
+    its own commit record, and so everything before it. (A transaction that writes nothing
+    does not flush: not even one that took a transaction id.)"""
+    await db.execute("UPDATE wal_flush SET at = now()")
+
+
 def locked_in_id_order(table: str, ids: str) -> str:
     """The body of a CTE that locks the rows of `table` whose id is in `ids` (a subquery),
     in id order (FOR NO KEY UPDATE, the lock an UPDATE that keeps the key takes). For a

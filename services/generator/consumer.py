@@ -6,6 +6,7 @@ claimed by the same statement and handed straight to the workers."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -16,19 +17,19 @@ from pydantic import TypeAdapter
 from services.generator import repository as repo
 from services.generator.worker import Worker
 from shared.consumer import subscribe
-from shared.db import Conn
+from shared.db import Conn, flush_wal
 from shared.events import TOPIC_JOBS, VideoJobQueued
 
 CONSUMER = "generator"
 
 
 async def accept_jobs(conn: Conn, events: Sequence[tuple[VideoJobQueued, bytes]],
-                      slots: repo.Slots | None = None) -> repo.Accepted:
+                      slots: repo.Slots | None = None, flush_wait: bool = True) -> repo.Accepted:
     """Accept the jobs of the events this consumer has not seen yet, in one statement,
     claiming them into `slots` if given (see `repo.accept`)."""
     return await repo.accept(conn, consumer=CONSUMER,
                              events=[(event.event_id, event.job) for event, _ in events],
-                             slots=slots)
+                             slots=slots, flush_wait=flush_wait)
 
 
 class SlotLender(Protocol):
@@ -43,13 +44,15 @@ async def accept_batch(conn: Conn, events: Sequence[tuple[VideoJobQueued, bytes]
                        worker: SlotLender) -> set[str]:
     """Accept a batch of job events, claiming jobs into the workers' free slots and handing
     them over, unless `conn` is inside a transaction (never claim what a rollback could
-    take back); the providers of the jobs left queued."""
+    take back); the providers of the jobs left queued. Outside a transaction the accept's
+    commit does not wait for the disk: the subscriber flushes the WAL before it commits
+    the events' offsets (`register`)."""
     if conn.is_in_transaction():
         return (await accept_jobs(conn, events)).queued
     slots = worker.take_slots()
     claimed: list[Any] = []
     try:
-        accepted = await accept_jobs(conn, events, slots)
+        accepted = await accept_jobs(conn, events, slots, flush_wait=False)
         claimed = accepted.claimed
         return accepted.queued
     finally:
@@ -73,4 +76,5 @@ def register(broker: KafkaBroker, *, pool: asyncpg.Pool, worker: Worker, group_i
         description="Jobs to run: each is accepted into PostgreSQL and driven by the workers.",
         pool=pool, handle=handle, after=committed, instance_id=instance_id,
         one_statement=True,  # accept_jobs
+        flush=functools.partial(flush_wal, pool),  # accept_batch commits without a flush
     )

@@ -11,7 +11,7 @@ from uuid import UUID
 import asyncpg
 
 from shared import inbox, outbox
-from shared.db import Conn
+from shared.db import NO_FLUSH_WAIT, Conn
 from shared.events import TOPIC_GENERATED, JobSpec, VideoGenerationSucceeded
 
 _TERMINAL = ("succeeded", "failed", "canceled")
@@ -36,7 +36,7 @@ class Accepted:
 
 
 async def accept(conn: Conn, *, consumer: str, events: Sequence[tuple[UUID, JobSpec]],
-                 slots: Slots | None = None) -> Accepted:
+                 slots: Slots | None = None, flush_wait: bool = True) -> Accepted:
     """Record `(event_id, spec)` job events in `consumer`'s inbox and the specs of those
     seen for the first time on their jobs, which become claimable (a job accepted before
     is left as it is); one statement. With `slots`, the statement also claims jobs it
@@ -44,7 +44,15 @@ async def accept(conn: Conn, *, consumer: str, events: Sequence[tuple[UUID, JobS
     `generating`), as
     `claim` would a moment later: a statement, a row version and a wake-up fewer per job.
     Only outside a transaction: a claim rolled back after its job started would leave it
-    driven by a process that does not hold it."""
+    driven by a process that does not hold it.
+
+    Without `flush_wait` the commit does not wait for the disk (`shared.db.NO_FLUSH_WAIT`;
+    inside a transaction, that transaction's commit would not either). A crash of PostgreSQL
+    may then lose the accept: the caller must not acknowledge the events (commit their Kafka
+    offsets) before `shared.db.flush_wal`, so that they come again. Until then nothing
+    outside the database depends on it: a job's provider is called only after
+    `mark_submitting`, whose synchronous commit flushes the accept too, and the sandbox's
+    success is not durable either (see `succeed`)."""
     free = slots.free if slots is not None else {}
     take = ("(s.take AND j.state = 'queued' AND NOT j.cancel_requested"
             " AND j.deadline_at > now() AND j.next_attempt_at IS NULL)")
@@ -76,7 +84,7 @@ async def accept(conn: Conn, *, consumer: str, events: Sequence[tuple[UUID, JobS
         generating AS (
             UPDATE videos SET status = 'generating', updated_at = now()
              WHERE id IN (SELECT video_id FROM accepted WHERE claimed) AND status = 'queued')
-        SELECT * FROM accepted
+        SELECT *{"" if flush_wait else ", " + NO_FLUSH_WAIT} FROM accepted
         """,
         consumer, [event_id for event_id, _ in events],
         [spec.job_id for _, spec in events], [spec.model_dump_json() for _, spec in events],
@@ -200,11 +208,18 @@ async def finish(
 
 async def succeed(conn: Conn | asyncpg.Pool, *, owner: str,
                   events: Sequence[VideoGenerationSucceeded],
-                  publisher: outbox.Publisher | None = None) -> set[UUID]:
+                  publisher: outbox.Publisher | None = None,
+                  flush_wait: bool = True) -> set[UUID]:
     """End the events' jobs as succeeded, those this process still holds, and put their
     events into the outbox; one statement (atomic without a transaction of its own), whose
     events `publisher` sends at once (see `shared.outbox.OutboxWrite`). The ids of the jobs
-    ended."""
+    ended.
+
+    Without `flush_wait` the commit does not wait for the disk (`shared.db.NO_FLUSH_WAIT`):
+    the events' only reader, the finalizer, settles with a synchronous commit, which flushes
+    the WAL up to it and so this commit too; if PostgreSQL crashes before that, the job is
+    left running under a lease that runs out, and is driven again (the finalizer settles a
+    job once, whichever of its outcomes comes first)."""
     write = outbox.OutboxWrite(conn, [(str(e.video_id), e) for e in events], publisher)
     rows = await conn.fetch(
         f"""
@@ -213,7 +228,8 @@ async def succeed(conn: Conn | asyncpg.Pool, *, owner: str,
                   WITH ORDINALITY AS e(job_id, key, event_id, payload, n)
                WHERE job_id IN (SELECT id FROM done)),
         events AS ({outbox.insert_from("e", topic="$8", eager="$9")})
-        SELECT id, {outbox.after_insert("events", eager="$9")} FROM done
+        SELECT id, {outbox.after_insert("events", eager="$9")}
+               {"" if flush_wait else ", " + NO_FLUSH_WAIT} FROM done
         """,
         [e.job_id for e in events], owner, "succeeded", None,
         write.keys, write.event_ids, write.payloads, TOPIC_GENERATED, write.eager,

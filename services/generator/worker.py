@@ -405,10 +405,11 @@ class Worker:
         log.info("job %s succeeded: %s", spec.job_id, media.video_url)
 
     async def _record_successes(self, events: list[VideoGenerationSucceeded]) -> list[bool]:
-        """End the jobs as succeeded and enqueue their events, in one statement; for each,
-        whether this process still held it."""
+        """End the jobs as succeeded and enqueue their events, in one statement that does not
+        wait for the disk (see `repo.succeed`); for each, whether this process still held
+        it."""
         done = await repo.succeed(self._pool, owner=self._cfg.owner, events=events,
-                                  publisher=self._publisher)
+                                  publisher=self._publisher, flush_wait=False)
         return [e.job_id in done for e in events]
 
     async def _end(self, spec: JobSpec, workspace_id: UUID, state: str, error: JobError) -> None:

@@ -16,7 +16,7 @@ from pydantic import BaseModel, TypeAdapter
 
 from shared import consumer as batches
 from shared.consumer import Handle, apply_batch, one_by_one, stop_broker, subscribe
-from shared.db import Conn
+from shared.db import Conn, flush_wal
 from shared.inbox import first_deliveries, first_delivery
 from shared.kafka import make_broker
 from tests.infra import Infra
@@ -95,22 +95,10 @@ async def test_records_that_arrive_together_share_a_transaction(
     infra: Infra, pool: asyncpg.Pool, unique: str
 ) -> None:
     topic, group, consumer = f"test.batches.{unique}", f"test-batches-{unique}", f"test-{unique}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=infra.bootstrap_servers)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])
-    finally:
-        await admin.close()
+    await create_topic(infra, topic)
     pings = [Ping(event_id=uuid4()) for _ in range(60)]
-    producer = AIOKafkaProducer(bootstrap_servers=infra.bootstrap_servers)
-    await producer.start()
-    try:  # all on the topic before the consumer starts: they arrive together
-        for i, ping in enumerate(pings):
-            await producer.send(topic, ping.model_dump_json().encode(),
-                                key=str(i % 2).encode())
-        await producer.send_and_wait(topic, b"not json", key=b"0")
-    finally:
-        await producer.stop()
+    # All on the topic before the consumer starts: they arrive together.
+    await send(infra, topic, [*(p.model_dump_json().encode() for p in pings), b"not json"])
 
     broker = make_broker(infra.bootstrap_servers, "test-batches")
     woken = asyncio.Event()
@@ -138,16 +126,89 @@ async def test_records_that_arrive_together_share_a_transaction(
     assert sum(ends.values()) == len(pings) + 1
 
 
-async def committed_everything(infra: Infra, topic: str, group: str
-                               ) -> dict[TopicPartition, int] | None:
-    """The end offsets of both partitions of `topic` if `group` committed them, else None."""
+async def test_offsets_wait_for_the_flush_of_a_handler_that_does_not_wait_for_the_disk(
+    infra: Infra, pool: asyncpg.Pool, unique: str
+) -> None:
+    """`flush` (for handlers whose commits do not wait for the disk, as the generator's
+    accept): awaited before the offsets are committed, and while it fails nothing is
+    committed, however long the batches have been applied."""
+    topic, group, consumer = f"test.flush.{unique}", f"test-flush-{unique}", f"test-{unique}"
+    await create_topic(infra, topic)
+    pings = [Ping(event_id=uuid4()) for _ in range(10)]
+    await send(infra, topic, [p.model_dump_json().encode() for p in pings])
+    flushes: list[bool] = []
+    failing = True
+
+    async def flush() -> None:
+        flushes.append(failing)
+        if failing:
+            raise ConnectionError("the database is away")
+        await flush_wal(pool)
+
+    broker = make_broker(infra.bootstrap_servers, "test-flush")
+    subscribe(broker, topic=topic, adapter=TypeAdapter(Ping), consumer=consumer,
+              group_id=group, fetch_max_wait_ms=10, description="test", pool=pool,
+              handle=one_by_one(handler(consumer)), flush=flush)
+    await broker.start()
+    try:
+        async def all_applied() -> bool:
+            return len(await recorded(pool, consumer)) == len(pings)
+
+        async def tried_twice() -> bool:
+            return len(flushes) >= 2
+
+        await eventually(all_applied, timeout=30)
+        await eventually(tried_twice, timeout=10)
+        assert set((await committed_offsets(infra, topic, group)).values()) == {None}
+        failing = False
+        assert await eventually(lambda: committed_everything(infra, topic, group), timeout=10)
+        assert flushes[-1] is False
+    finally:
+        await stop_broker(broker)
+
+
+async def create_topic(infra: Infra, topic: str) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=infra.bootstrap_servers)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])
+    finally:
+        await admin.close()
+
+
+async def send(infra: Infra, topic: str, values: Sequence[bytes]) -> None:
+    """Send `values` to both partitions of `topic` in turn, and wait for the last."""
+    producer = AIOKafkaProducer(bootstrap_servers=infra.bootstrap_servers)
+    await producer.start()
+    try:
+        for i, value in enumerate(values):
+            await producer.send(topic, value, key=str(i % 2).encode())
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def committed_offsets(infra: Infra, topic: str, group: str
+                            ) -> dict[TopicPartition, int | None]:
+    """What `group` committed for both partitions of `topic` (None: nothing)."""
     reader = AIOKafkaConsumer(bootstrap_servers=infra.bootstrap_servers, group_id=group,
                               enable_auto_commit=False)
     await reader.start()
     try:
-        tps = [TopicPartition(topic, p) for p in (0, 1)]
-        ends = await reader.end_offsets(tps)
-        committed = {tp: await reader.committed(tp) for tp in tps}
-        return ends if committed == ends else None
+        return {tp: await reader.committed(tp)
+                for tp in (TopicPartition(topic, p) for p in (0, 1))}
     finally:
         await reader.stop()
+
+
+async def committed_everything(infra: Infra, topic: str, group: str
+                               ) -> dict[TopicPartition, int] | None:
+    """The end offsets of both partitions of `topic` if `group` committed them, else None."""
+    committed = await committed_offsets(infra, topic, group)
+    reader = AIOKafkaConsumer(bootstrap_servers=infra.bootstrap_servers)
+    await reader.start()
+    try:
+        ends: dict[TopicPartition, int] = await reader.end_offsets(list(committed))
+    finally:
+        await reader.stop()
+    return ends if committed == ends else None

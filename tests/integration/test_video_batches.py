@@ -19,6 +19,7 @@ from services.api import repository as api_repo
 from services.generator import repository as generator_repo
 from services.generator.consumer import accept_batch
 from shared.catalog import Catalog
+from shared.db import flush_wal
 from shared.events import (
     TOPIC_GENERATED,
     TOPIC_JOBS,
@@ -29,6 +30,7 @@ from shared.events import (
 )
 from shared.settings import ROOT
 from shared.videos import fetch_video
+from tests.infra import Infra
 from tests.integration.conftest import Client, Statements
 
 pytestmark = pytest.mark.integration
@@ -397,3 +399,61 @@ async def test_accepting_inside_a_transaction_claims_nothing(pool: asyncpg.Pool)
     [(slots, claimed)] = workers.adopted
     assert slots.free == {"local": 5}
     assert [row["id"] for row in claimed] == [events[1].job.job_id]
+
+
+
+async def wal_writes(conn: Any) -> int:
+    """How many times this connection's backend has written WAL out itself: a commit that
+    waits for its WAL to be flushed writes it first, one that does not leaves it to the WAL
+    writer (PostgreSQL 18's per-backend I/O statistics; the backend's pending counts are
+    flushed to them at its next transaction's end once forced)."""
+    await conn.execute("SELECT pg_stat_force_next_flush()")
+    return int(await conn.fetchval(
+        "SELECT coalesce(sum(writes), 0) FROM pg_stat_get_backend_io(pg_backend_pid())"
+        " WHERE object = 'wal'"))
+
+
+async def test_the_generators_writes_do_not_wait_for_the_disk_until_flush_wal(
+        infra: Infra, pool: asyncpg.Pool) -> None:
+    """The accept (as the consumer runs it) and the success (as the workers write it) commit
+    without flushing the WAL; `flush_wal` flushes it, up to and past both commits. The same
+    two statements with `flush_wait` (the default) write and flush it: the count can tell.
+    (On a connection that waits for the disk: the tests' server does not by default.)"""
+    if int(await pool.fetchval("SHOW server_version_num")) < 180000:
+        pytest.skip("per-backend I/O statistics need PostgreSQL 18")
+    ws, _, events = await queued_jobs(pool, 4)
+    media = Media(video_url="http://x/v.mp4", thumbnail_url="http://x/t.jpg",
+                  duration_seconds=8.0, aspect_ratio="9:16", width=720, height=1280)
+    outcomes = [VideoGenerationSucceeded(
+        workspace_id=ws.id, correlation_id="t", job_id=e.job.job_id, video_id=e.job.video_id,
+        provider="local", media=media) for e in events]
+    conn = await asyncpg.connect(infra.database_url,
+                                 server_settings={"synchronous_commit": "on"})
+    try:
+        before = await wal_writes(conn)
+        await generator_repo.accept(conn, consumer="test", slots=_Workers().take_slots(),
+                                    events=[(e.event_id, e.job) for e in events[:2]])
+        assert await generator_repo.succeed(conn, owner="me", events=outcomes[:2]) == {
+            e.job.job_id for e in events[:2]}
+        waited = await wal_writes(conn) - before
+
+        before = await wal_writes(conn)
+        workers = _Workers()
+        assert await accept_batch(conn, [(e, b"") for e in events[2:]], workers) == set()
+        assert [row["id"] for row in workers.adopted[0][1]] == [e.job.job_id for e in events[2:]]
+        assert await generator_repo.succeed(conn, owner="me", events=outcomes[2:],
+                                            flush_wait=False) == {e.job.job_id for e in events[2:]}
+        written = await conn.fetchval("SELECT pg_current_wal_insert_lsn()")
+        did_not_wait = await wal_writes(conn) - before
+
+        before = await wal_writes(conn)
+        await flush_wal(conn)
+        flushed = await wal_writes(conn) - before
+        assert await conn.fetchval("SELECT pg_current_wal_flush_lsn() >= $1::pg_lsn",
+                                   written)
+    finally:
+        await conn.close()
+    assert (waited >= 2, did_not_wait, flushed >= 1) == (True, 0, True), (waited, flushed)
+    states = await pool.fetch("SELECT state FROM jobs WHERE id = any($1::uuid[])",
+                              [e.job.job_id for e in events])
+    assert {row["state"] for row in states} == {"succeeded"}
