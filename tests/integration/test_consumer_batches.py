@@ -11,14 +11,13 @@ from uuid import UUID, uuid4
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from pydantic import BaseModel, TypeAdapter
 
 from shared import consumer as batches
 from shared.consumer import Handle, apply_batch, one_by_one, stop_broker, subscribe
 from shared.db import Conn, flush_wal
 from shared.inbox import first_deliveries, first_delivery
-from shared.kafka import make_broker
+from shared.kafka import ensure_topics, make_broker
 from tests.infra import Infra
 from tests.integration.conftest import eventually
 
@@ -95,7 +94,7 @@ async def test_records_that_arrive_together_share_a_transaction(
     infra: Infra, pool: asyncpg.Pool, unique: str
 ) -> None:
     topic, group, consumer = f"test.batches.{unique}", f"test-batches-{unique}", f"test-{unique}"
-    await create_topic(infra, topic)
+    await ensure_topics(infra.bootstrap_servers, partitions=2, topics=[topic])
     pings = [Ping(event_id=uuid4()) for _ in range(60)]
     # All on the topic before the consumer starts: they arrive together.
     await send(infra, topic, [*(p.model_dump_json().encode() for p in pings), b"not json"])
@@ -133,7 +132,7 @@ async def test_offsets_wait_for_the_flush_of_a_handler_that_does_not_wait_for_th
     accept): awaited before the offsets are committed, and while it fails nothing is
     committed, however long the batches have been applied."""
     topic, group, consumer = f"test.flush.{unique}", f"test-flush-{unique}", f"test-{unique}"
-    await create_topic(infra, topic)
+    await ensure_topics(infra.bootstrap_servers, partitions=2, topics=[topic])
     pings = [Ping(event_id=uuid4()) for _ in range(10)]
     await send(infra, topic, [p.model_dump_json().encode() for p in pings])
     flushes: list[bool] = []
@@ -165,15 +164,6 @@ async def test_offsets_wait_for_the_flush_of_a_handler_that_does_not_wait_for_th
         assert flushes[-1] is False
     finally:
         await stop_broker(broker)
-
-
-async def create_topic(infra: Infra, topic: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=infra.bootstrap_servers)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])
-    finally:
-        await admin.close()
 
 
 async def send(infra: Infra, topic: str, values: Sequence[bytes]) -> None:

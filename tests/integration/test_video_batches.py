@@ -401,7 +401,6 @@ async def test_accepting_inside_a_transaction_claims_nothing(pool: asyncpg.Pool)
     assert [row["id"] for row in claimed] == [events[1].job.job_id]
 
 
-
 async def wal_writes(conn: Any) -> int:
     """How many times this connection's backend has written WAL out itself: a commit that
     waits for its WAL to be flushed writes it first, one that does not leaves it to the WAL
