@@ -66,7 +66,8 @@ def build() -> dict[str, Any]:
                           group_id="influgen-api", fetch_max_wait_ms=10)
     generator_consumer.register(broker, pool=nothing,
                                 worker=cast(Any, type("W", (), {"wake": None})),
-                                group_id="influgen-generator", fetch_max_wait_ms=10)
+                                flusher=nothing, group_id="influgen-generator",
+                                fetch_max_wait_ms=10)
     finalizer_consumer.register(broker, pool=nothing, catalog=nothing,
                                 group_id="influgen-finalizer", fetch_max_wait_ms=10)
     finalizer_consumer.register_webhooks(broker, pool=nothing,

@@ -11,11 +11,13 @@ Offsets (AckPolicy.MANUAL: FastStream commits nothing itself): a batch's offsets
 recorded as applied once its transaction committed, and `AppliedOffsets` commits what was
 applied every `COMMIT_INTERVAL_SECONDS`, and once more before the broker stops
 (`stop_broker`), never anything that was not applied (nor, for a handler whose commits do
-not wait for the disk, anything not yet flushed: the `flush` of `subscribe`). A record that
-cannot be parsed goes to the DLQ (then its offset is committed with the rest). When the
-batch's transaction fails, each message is applied again in its own transaction, so one bad
-message holds no other's effect back; if one still fails, the batch is rewound to its first
-records and redelivered after a pause (so that an outage, database down, does not spin).
+not wait for the disk, anything not yet flushed: the `flush` of `subscribe`, after which
+the subscriber reads again from its committed offsets when the flush cannot vouch for the
+commits before it). A record that cannot be parsed goes to the DLQ (then its offset is
+committed with the rest). When the batch's transaction fails, each message is applied
+again in its own transaction, so one bad message holds no other's effect back; if one
+still fails, the batch is rewound to its first records and redelivered after a pause (so
+that an outage, database down, does not spin).
 Messages applied before the rewind, or applied and not yet committed when a process dies or
 a rebalance moves their partition, are no-ops when they come again: every handler records
 its events in the inbox in the effect's transaction."""
@@ -38,7 +40,7 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.message import KafkaMessage
 from pydantic import TypeAdapter, ValidationError
 
-from shared.db import UNAVAILABLE, Conn
+from shared.db import UNAVAILABLE, Conn, DurabilityUnknown
 from shared.kafka import consumer_options, dead_letter, publish_dead_letter
 
 T = TypeVar("T")
@@ -144,7 +146,9 @@ class AppliedOffsets:
     """The offsets one subscriber has applied (the next offset to read, per partition),
     committed by one task every `COMMIT_INTERVAL_SECONDS` while there is something new.
     With `flush`, each commit first awaits it (for handlers whose commits do not wait for
-    the disk: see `subscribe`), and a flush that fails commits nothing."""
+    the disk: see `subscribe`), and a flush that fails commits nothing; one that raises
+    `shared.db.DurabilityUnknown` (the applied effects may be lost) makes the subscriber
+    read again from the committed offsets (`rewind_if_lost`)."""
 
     def __init__(self, name: str, flush: Callable[[], Awaitable[object]] | None = None) -> None:
         self._name = name
@@ -153,6 +157,8 @@ class AppliedOffsets:
         self._committed: dict[TopicPartition, int] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
+        #: The effects applied since the last commit may be lost: read them again.
+        self._lost = False
 
     def applied(self, consumer: AIOKafkaConsumer, records: Iterable[Any]) -> None:
         """Record `records` as applied (their effects committed)."""
@@ -181,11 +187,16 @@ class AppliedOffsets:
             self._committed.pop(tp, None)
         due = {tp: offset for tp, offset in self._applied.items()
                if self._committed.get(tp) != offset}
-        if not due:
+        if not due or self._lost:
             return
         if self._flush is not None:
             try:
                 await self._flush()  # the effects of `due` were committed before this
+            except DurabilityUnknown as exc:
+                log.warning("%s: %s; reading again from the committed offsets", self._name,
+                            exc)
+                self._lost = True
+                return
             except Exception as exc:
                 log.info("%s: making the applied batches durable failed (%r); committing"
                          " their offsets in %.1fs", self._name, exc, COMMIT_INTERVAL_SECONDS)
@@ -197,6 +208,32 @@ class AppliedOffsets:
                      COMMIT_INTERVAL_SECONDS)
             return
         self._committed.update(due)
+
+    async def rewind_if_lost(self, consumer: AIOKafkaConsumer) -> bool:
+        """If the applied effects may have been lost, forget them and seek every assigned
+        partition back to its committed offset (the earliest if none), so that the next
+        poll delivers them again. Called by the subscriber's poll, between batches: a batch
+        fetched before the seek is never applied after it (aiokafka drops what it fetched
+        for a partition that is sought). False, after a pause, when that failed (the broker
+        away): the poll is to return nothing and try again."""
+        if not self._lost:
+            return True
+        try:
+            for tp in consumer.assignment():
+                offset = await consumer.committed(tp)
+                if offset is None:
+                    await consumer.seek_to_beginning(tp)
+                else:
+                    consumer.seek(tp, offset)
+        except Exception as exc:
+            log.warning("%s: reading again from the committed offsets failed (%r); retrying"
+                        " in %.1fs", self._name, exc, RETRY_PAUSE_SECONDS)
+            await asyncio.sleep(RETRY_PAUSE_SECONDS)
+            return False
+        self._applied.clear()
+        self._lost = False
+        log.info("%s: reading again from the committed offsets", self._name)
+        return True
 
     async def close(self) -> None:
         """Stop the task and commit what is left: call before the consumer stops."""
@@ -221,13 +258,18 @@ async def stop_broker(broker: KafkaBroker) -> None:
     await broker.stop()
 
 
-async def _poll(subscriber: Any, consumer: AIOKafkaConsumer) -> tuple[Any, ...]:
+async def _poll(subscriber: Any, offsets: AppliedOffsets, consumer: AIOKafkaConsumer
+                ) -> tuple[Any, ...]:
     """A batch subscriber's poll (it replaces `BatchSubscriber.get_msg`): FastStream's sleeps
     `batch_timeout_ms` after a poll that found nothing, although that poll has already
     waited as long, so a record arriving during the sleep waits for it, at every hop (at 5
     videos/s, when every record comes after a quiet spell, the pipeline's p50 was 31-38 ms
     against 18-21 ms at 20/s). This one sleeps only what is left of the wait when a poll
-    came back early with nothing, so that it cannot spin."""
+    came back early with nothing, so that it cannot spin. FastStream runs it and the
+    handler in turn, never together: first, it rewinds the offsets whose effects may be
+    lost (`AppliedOffsets.rewind_if_lost`)."""
+    if not await offsets.rewind_if_lost(consumer):
+        return ()
     loop = asyncio.get_running_loop()
     started = loop.time()
     batches = await consumer.getmany(timeout_ms=subscriber.batch_timeout_ms,
@@ -265,9 +307,11 @@ def subscribe(
     the rows it locks are released at its end rather than after the COMMIT's round trip.
     `fetch_min_bytes`: what a fetch waits for, up to `fetch_max_wait_ms` (1: none).
     `flush`: for a handler that commits without waiting for the disk
-    (`shared.db.NO_FLUSH_WAIT`), what makes its commits durable (`shared.db.flush_wal`),
-    awaited before offsets are committed: a crash of PostgreSQL then loses no effect whose
-    message Kafka would not deliver again."""
+    (`shared.db.NO_FLUSH_WAIT`), what makes its commits durable (`shared.db.WalFlusher`),
+    awaited before offsets are committed; when it raises `shared.db.DurabilityUnknown`
+    (PostgreSQL may have crashed and lost them) the subscriber reads again from the
+    committed offsets: a crash of PostgreSQL loses no effect whose message Kafka would not
+    deliver again."""
     offsets = AppliedOffsets(f"{consumer}:{topic}", flush)
     _OFFSETS.setdefault(broker, []).append(offsets)
 
@@ -277,7 +321,7 @@ def subscribe(
         batch_timeout_ms=POLL_WAIT_MS,
         **consumer_options(fetch_max_wait_ms, instance_id, topic, fetch_min_bytes),
     )
-    subscriber.get_msg = functools.partial(_poll, subscriber)
+    subscriber.get_msg = functools.partial(_poll, subscriber, offsets)
 
     @subscriber
     async def entrypoint(message: Any) -> None:  # a KafkaMessage (FastStream rejects the hint)

@@ -67,17 +67,74 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asy
 #: `wal_writer_delay`s, may lose the transaction. PostgreSQL evaluates it per row returned:
 #: a statement that returns no row commits as usual. Only for a write whose loss is made up
 #: for: its effect reaches nobody before a later synchronous commit flushes the WAL (which is
-#: flushed in order, so that commit covers it), or its input is not acknowledged before
-#: `flush_wal` (the generator's job events; see `services.generator.repository.accept`).
+#: flushed in order, so that commit covers it), or its input is not acknowledged before a
+#: `WalFlusher` flush (the generator's job events; see `services.generator.repository.accept`).
 NO_FLUSH_WAIT = "set_config('synchronous_commit', 'off', true) AS no_flush_wait"
 
 
-async def flush_wal(db: Conn | asyncpg.Pool) -> None:
+async def flush_wal(db: Conn | asyncpg.Pool, *, timeout: float | None = None) -> None:
     """Make every transaction committed before this call durable, those committed with
     `NO_FLUSH_WAIT` included: a one-row write committed synchronously flushes the WAL up to
     its own commit record, and so everything before it. (A transaction that writes nothing
-    does not flush: not even one that took a transaction id.)"""
-    await db.execute("UPDATE wal_flush SET at = now()")
+    does not flush: not even one that took a transaction id.) Only commits this server
+    still has: one that crashed and restarted since lost what it had not flushed, and a
+    flush afterwards says nothing of it. Use `WalFlusher` to know."""
+    await db.execute("UPDATE wal_flush SET at = now()", timeout=timeout)
+
+
+class DurabilityUnknown(Exception):
+    """PostgreSQL may have crashed since the last flush: commits made without waiting for
+    the disk before now may be lost. Whatever depends on them must be done again."""
+
+
+class WalFlusher:
+    """`flush_wal` that knows whether it covers the commits before it. It flushes on a
+    connection of its own, opened (`start`) before those commits were made. PostgreSQL
+    ends every connection when it crashes, stops or restarts after a crash (and in a crash
+    loses the WAL it had not flushed), so a flush on a connection that has stayed open
+    since covers every commit made in between. When that connection is gone, it opens
+    another and raises `DurabilityUnknown` once: commits made before the new one may have
+    been lost, and those made after it are covered by the next flush. (A connection
+    ended for another reason, say `pg_terminate_backend`, raises it too: redoing work
+    that was not lost is safe, assuming it lost is not.) Needs a direct connection to
+    the server, not one through a pooler that may swap the server connection under it."""
+
+    #: How long a flush may take before it counts as failed (and is tried again later).
+    TIMEOUT_SECONDS = 10.0
+
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
+        self._conn: asyncpg.Connection[asyncpg.Record] | None = None
+
+    async def start(self) -> None:
+        """Open the connection: before the first commit this flusher is to cover."""
+        self._conn = await self._connect()
+
+    async def _connect(self) -> asyncpg.Connection[asyncpg.Record]:
+        # its commits wait for the flush whatever the server's default
+        conn: asyncpg.Connection[asyncpg.Record] = await asyncpg.connect(
+            self._dsn, server_settings={"synchronous_commit": "on"})
+        return conn
+
+    async def __call__(self) -> None:
+        """Flush; `DurabilityUnknown` when the connection was lost since the last call (or
+        `start`), once a new one is open; the database's error when it cannot be reached
+        (call again later: the loss is still reported then)."""
+        if self._conn is not None and not self._conn.is_closed():
+            try:
+                await flush_wal(self._conn, timeout=self.TIMEOUT_SECONDS)
+                return
+            except Exception:
+                if not self._conn.is_closed():
+                    raise  # a failed or slow statement on a live connection: nothing lost
+        self._conn = None
+        self._conn = await self._connect()
+        raise DurabilityUnknown("the connection to PostgreSQL was lost since the last flush")
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
 
 
 def locked_in_id_order(table: str, ids: str) -> str:

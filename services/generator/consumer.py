@@ -6,7 +6,6 @@ claimed by the same statement and handed straight to the workers."""
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -17,7 +16,7 @@ from pydantic import TypeAdapter
 from services.generator import repository as repo
 from services.generator.worker import Worker
 from shared.consumer import subscribe
-from shared.db import Conn, flush_wal
+from shared.db import Conn, WalFlusher
 from shared.events import TOPIC_JOBS, VideoJobQueued
 
 CONSUMER = "generator"
@@ -59,8 +58,10 @@ async def accept_batch(conn: Conn, events: Sequence[tuple[VideoJobQueued, bytes]
         worker.adopt(slots, claimed)  # on an error nothing was claimed: the slots come back
 
 
-def register(broker: KafkaBroker, *, pool: asyncpg.Pool, worker: Worker, group_id: str,
-             fetch_max_wait_ms: int, instance_id: str = "") -> None:
+def register(broker: KafkaBroker, *, pool: asyncpg.Pool, worker: Worker, flusher: WalFlusher,
+             group_id: str, fetch_max_wait_ms: int, instance_id: str = "") -> None:
+    """Subscribe the generator to job events. `flusher` must be started before the broker:
+    it covers the accepts committed after that."""
     queued: set[str] = set()  # providers with jobs accepted and left queued by the batch
 
     async def handle(conn: Conn, events: Sequence[tuple[VideoJobQueued, bytes]]) -> None:
@@ -76,5 +77,5 @@ def register(broker: KafkaBroker, *, pool: asyncpg.Pool, worker: Worker, group_i
         description="Jobs to run: each is accepted into PostgreSQL and driven by the workers.",
         pool=pool, handle=handle, after=committed, instance_id=instance_id,
         one_statement=True,  # accept_jobs
-        flush=functools.partial(flush_wal, pool),  # accept_batch commits without a flush
+        flush=flusher,  # accept_batch commits without a flush
     )

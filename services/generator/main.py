@@ -23,7 +23,7 @@ from services.generator.providers.replicate import ReplicateProvider
 from services.generator.settings import GeneratorSettings
 from services.generator.worker import Worker, WorkerConfig
 from shared.consumer import stop_broker
-from shared.db import create_pool, migrate
+from shared.db import WalFlusher, create_pool, migrate
 from shared.kafka import make_broker
 from shared.outbox import OutboxRelay, Publisher
 from shared.runtime import cancel, configure_logging, mark_ready, run, serve_until_stopped
@@ -81,7 +81,10 @@ async def serve(settings: GeneratorSettings) -> None:
     worker = build_worker(settings, pool, build_providers(settings, executor, http), media,
                           metrics, publisher)
     broker = make_broker(settings.kafka_bootstrap_servers, "influgen-generator")
-    consumer.register(broker, pool=pool, worker=worker, group_id=settings.consumer_group,
+    flusher = WalFlusher(settings.database_url)
+    await flusher.start()  # before the first accept it is to make durable
+    consumer.register(broker, pool=pool, worker=worker, flusher=flusher,
+                      group_id=settings.consumer_group,
                       fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
                       instance_id=settings.instance_id)
     relay = OutboxRelay(dsn=settings.database_url,
@@ -97,6 +100,7 @@ async def serve(settings: GeneratorSettings) -> None:
     finally:
         log.info("generator stopping")
         await stop_broker(broker)
+        await flusher.close()
         await cancel(*tasks)
         executor.shutdown(cancel_futures=True)
         await http.close()

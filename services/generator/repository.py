@@ -49,8 +49,8 @@ async def accept(conn: Conn, *, consumer: str, events: Sequence[tuple[UUID, JobS
     Without `flush_wait` the commit does not wait for the disk (`shared.db.NO_FLUSH_WAIT`;
     inside a transaction, that transaction's commit would not either). A crash of PostgreSQL
     may then lose the accept: the caller must not acknowledge the events (commit their Kafka
-    offsets) before `shared.db.flush_wal`, so that they come again. Until then nothing
-    outside the database depends on it: a job's provider is called only after
+    offsets) before a `shared.db.WalFlusher` flush, so that they come again. Until then
+    nothing outside the database depends on it: a job's provider is called only after
     `mark_submitting`, whose synchronous commit flushes the accept too, and the sandbox's
     success is not durable either (see `succeed`)."""
     free = slots.free if slots is not None else {}

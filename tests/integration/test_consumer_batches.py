@@ -5,17 +5,18 @@ message that fails holds back no other message's effect."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from uuid import UUID, uuid4
 
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from faststream.kafka import KafkaBroker
 from pydantic import BaseModel, TypeAdapter
 
 from shared import consumer as batches
 from shared.consumer import Handle, apply_batch, one_by_one, stop_broker, subscribe
-from shared.db import Conn, flush_wal
+from shared.db import Conn, DurabilityUnknown, WalFlusher, flush_wal
 from shared.inbox import first_deliveries, first_delivery
 from shared.kafka import ensure_topics, make_broker
 from tests.infra import Infra
@@ -131,10 +132,7 @@ async def test_offsets_wait_for_the_flush_of_a_handler_that_does_not_wait_for_th
     """`flush` (for handlers whose commits do not wait for the disk, as the generator's
     accept): awaited before the offsets are committed, and while it fails nothing is
     committed, however long the batches have been applied."""
-    topic, group, consumer = f"test.flush.{unique}", f"test-flush-{unique}", f"test-{unique}"
-    await ensure_topics(infra.bootstrap_servers, partitions=2, topics=[topic])
-    pings = [Ping(event_id=uuid4()) for _ in range(10)]
-    await send(infra, topic, [p.model_dump_json().encode() for p in pings])
+    consumer = f"test-{unique}"
     flushes: list[bool] = []
     failing = True
 
@@ -144,11 +142,7 @@ async def test_offsets_wait_for_the_flush_of_a_handler_that_does_not_wait_for_th
             raise ConnectionError("the database is away")
         await flush_wal(pool)
 
-    broker = make_broker(infra.bootstrap_servers, "test-flush")
-    subscribe(broker, topic=topic, adapter=TypeAdapter(Ping), consumer=consumer,
-              group_id=group, fetch_max_wait_ms=10, description="test", pool=pool,
-              handle=one_by_one(handler(consumer)), flush=flush)
-    await broker.start()
+    topic, group, pings, broker = await pings_to(infra, pool, f"flush-{unique}", consumer, flush)
     try:
         async def all_applied() -> bool:
             return len(await recorded(pool, consumer)) == len(pings)
@@ -164,6 +158,75 @@ async def test_offsets_wait_for_the_flush_of_a_handler_that_does_not_wait_for_th
         assert flushes[-1] is False
     finally:
         await stop_broker(broker)
+
+
+async def test_effects_a_flush_cannot_vouch_for_are_applied_again(
+    infra: Infra, pool: asyncpg.Pool, unique: str
+) -> None:
+    """When `flush` raises `DurabilityUnknown` (PostgreSQL may have crashed and lost the
+    commits that did not wait for the disk), nothing is committed and the subscriber reads
+    again from the committed offsets: what was lost is applied again."""
+    consumer = f"test-{unique}"
+    flushes: list[int] = []  # how many events had been applied at each flush
+
+    async def flush() -> None:
+        flushes.append(len(await recorded(pool, consumer)))
+        if len(flushes) == 1:  # what a crash does to commits not yet on the disk
+            await pool.execute("DELETE FROM inbox WHERE consumer = $1", consumer)
+            raise DurabilityUnknown("as after a crash")
+        await flush_wal(pool)
+
+    topic, group, pings, broker = await pings_to(infra, pool, f"lost-{unique}", consumer, flush)
+    try:
+        assert await eventually(lambda: committed_everything(infra, topic, group), timeout=30)
+        assert flushes[0] > 0  # something had been applied, and was then lost
+        assert set(await recorded(pool, consumer)) == {p.event_id for p in pings}
+    finally:
+        await stop_broker(broker)
+
+
+async def test_the_flusher_tells_when_it_cannot_vouch_for_earlier_commits(
+    infra: Infra, pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`WalFlusher` flushes on a connection open since `start`; once that connection has
+    been ended (as a crash of PostgreSQL ends them all), it raises `DurabilityUnknown`
+    once, on a new connection. A flush that fails on a live connection loses nothing."""
+    flusher = WalFlusher(infra.database_url)
+    await flusher.start()
+    try:
+        await flusher()
+        ended = await pool.fetchval(
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE query LIKE 'UPDATE wal_flush%' AND pid <> pg_backend_pid()")
+        assert ended >= 1
+        with pytest.raises(DurabilityUnknown):
+            await flusher()
+        await flusher()  # the new connection covers the commits made after it opened
+        monkeypatch.setattr(WalFlusher, "TIMEOUT_SECONDS", 0.2)
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute("LOCK TABLE wal_flush IN EXCLUSIVE MODE")
+            with pytest.raises(TimeoutError):
+                await flusher()
+        await flusher()
+    finally:
+        await flusher.close()
+
+
+async def pings_to(infra: Infra, pool: asyncpg.Pool, name: str, consumer: str,
+                   flush: Callable[[], Awaitable[None]]
+                   ) -> tuple[str, str, list[Ping], KafkaBroker]:
+    """Ten pings on a new topic of two partitions, and a started subscriber to it of
+    `consumer` with `flush`: the topic, the group, the pings and the broker (to stop)."""
+    topic, group = f"test.{name}", f"test-{name}"
+    await ensure_topics(infra.bootstrap_servers, partitions=2, topics=[topic])
+    pings = [Ping(event_id=uuid4()) for _ in range(10)]
+    await send(infra, topic, [p.model_dump_json().encode() for p in pings])
+    broker = make_broker(infra.bootstrap_servers, f"test-{name}")
+    subscribe(broker, topic=topic, adapter=TypeAdapter(Ping), consumer=consumer,
+              group_id=group, fetch_max_wait_ms=10, description="test", pool=pool,
+              handle=one_by_one(handler(consumer)), flush=flush)
+    await broker.start()
+    return topic, group, pings, broker
 
 
 async def send(infra: Infra, topic: str, values: Sequence[bytes]) -> None:
