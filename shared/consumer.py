@@ -17,10 +17,10 @@ commits before it). A record that cannot be parsed goes to the DLQ (then its off
 committed with the rest). When the batch's transaction fails, each message is applied
 again in its own transaction, so one bad message holds no other's effect back; if one
 still fails, the batch is rewound to its first records and redelivered after a pause (so
-that an outage, database down, does not spin).
-Messages applied before the rewind, or applied and not yet committed when a process dies or
-a rebalance moves their partition, are no-ops when they come again: every handler records
-its events in the inbox in the effect's transaction."""
+that an outage, database down, does not spin). Messages applied before the rewind, or
+applied and not yet committed when a process dies or a rebalance moves their partition, are
+no-ops when they come again: every handler records its events in the inbox in the effect's
+transaction."""
 
 from __future__ import annotations
 
