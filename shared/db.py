@@ -127,7 +127,6 @@ class WalFlusher:
             except Exception:
                 if not self._conn.is_closed():
                     raise  # a failed or slow statement on a live connection: nothing lost
-        self._conn = None
         self._conn = await self._connect()
         raise DurabilityUnknown("the connection to PostgreSQL was lost since the last flush")
 

@@ -15,7 +15,7 @@ from faststream.kafka import KafkaBroker
 from pydantic import BaseModel, TypeAdapter
 
 from shared import consumer as batches
-from shared.consumer import Handle, apply_batch, one_by_one, stop_broker, subscribe
+from shared.consumer import Handle, HandleBatch, apply_batch, one_by_one, stop_broker, subscribe
 from shared.db import Conn, DurabilityUnknown, WalFlusher, flush_wal
 from shared.inbox import first_deliveries, first_delivery
 from shared.kafka import ensure_topics, make_broker
@@ -213,10 +213,11 @@ async def test_the_flusher_tells_when_it_cannot_vouch_for_earlier_commits(
 
 
 async def pings_to(infra: Infra, pool: asyncpg.Pool, name: str, consumer: str,
-                   flush: Callable[[], Awaitable[None]]
-                   ) -> tuple[str, str, list[Ping], KafkaBroker]:
+                   flush: Callable[[], Awaitable[None]], handle: HandleBatch[Ping] | None = None,
+                   one_statement: bool = False) -> tuple[str, str, list[Ping], KafkaBroker]:
     """Ten pings on a new topic of two partitions, and a started subscriber to it of
-    `consumer` with `flush`: the topic, the group, the pings and the broker (to stop)."""
+    `consumer` with `flush` and `handle` (by default `handler`'s, one by one in a
+    transaction): the topic, the group, the pings and the broker (to stop)."""
     topic, group = f"test.{name}", f"test-{name}"
     await ensure_topics(infra.bootstrap_servers, partitions=2, topics=[topic])
     pings = [Ping(event_id=uuid4()) for _ in range(10)]
@@ -224,7 +225,8 @@ async def pings_to(infra: Infra, pool: asyncpg.Pool, name: str, consumer: str,
     broker = make_broker(infra.bootstrap_servers, f"test-{name}")
     subscribe(broker, topic=topic, adapter=TypeAdapter(Ping), consumer=consumer,
               group_id=group, fetch_max_wait_ms=10, description="test", pool=pool,
-              handle=one_by_one(handler(consumer)), flush=flush)
+              handle=handle or one_by_one(handler(consumer)), one_statement=one_statement,
+              flush=flush)
     await broker.start()
     return topic, group, pings, broker
 

@@ -10,21 +10,19 @@ import os
 import signal
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from uuid import uuid4
 
 import asyncpg
 import pytest
-from pydantic import TypeAdapter
 
 from devstack.postgres import EmbeddedPostgres
 from devstack.proc import free_port
 from shared import consumer as batches
-from shared.consumer import stop_broker, subscribe
+from shared import inbox
+from shared.consumer import stop_broker
 from shared.db import NO_FLUSH_WAIT, Conn, WalFlusher, create_pool, migrate
-from shared.kafka import ensure_topics, make_broker
 from tests.infra import Infra
 from tests.integration.conftest import eventually
-from tests.integration.test_consumer_batches import Ping, committed_everything, send
+from tests.integration.test_consumer_batches import Ping, committed_everything, pings_to, recorded
 
 pytestmark = pytest.mark.integration
 
@@ -83,16 +81,10 @@ async def test_what_a_crash_of_postgresql_lost_is_applied_again(
     # the offsets' first commit (and flush) comes after the crash
     monkeypatch.setattr(batches, "COMMIT_INTERVAL_SECONDS", 3.0)
     pg, consumer = own_postgres, f"test-{unique}"
-    topic, group = f"test.crash.{unique}", f"test-crash-{unique}"
-    await ensure_topics(infra.bootstrap_servers, partitions=2, topics=[topic])
-    pings = [Ping(event_id=uuid4()) for _ in range(10)]
-    await send(infra, topic, [p.model_dump_json().encode() for p in pings])
 
     async def handle(conn: Conn, events: Sequence[tuple[Ping, bytes]]) -> None:
-        await conn.fetch(
-            "INSERT INTO inbox (consumer, event_id) SELECT $1, unnest($2::uuid[])"
-            f" ON CONFLICT DO NOTHING RETURNING event_id, {NO_FLUSH_WAIT}",
-            consumer, [event.event_id for event, _ in events])
+        await conn.fetch(f"{inbox.record('$1', '$2')}, {NO_FLUSH_WAIT}",
+                         consumer, [event.event_id for event, _ in events])
 
     pool = await create_pool(pg.url)
     flusher = WalFlusher(pg.url)
@@ -100,15 +92,11 @@ async def test_what_a_crash_of_postgresql_lost_is_applied_again(
     writers = await wal_writers(pg)
     for pid in writers:
         os.kill(pid, signal.SIGSTOP)
-    broker = make_broker(infra.bootstrap_servers, "test-crash")
-    subscribe(broker, topic=topic, adapter=TypeAdapter(Ping), consumer=consumer,
-              group_id=group, fetch_max_wait_ms=10, description="test", pool=pool,
-              handle=handle, one_statement=True, flush=flusher)
-    await broker.start()
+    topic, group, pings, broker = await pings_to(
+        infra, pool, f"crash-{unique}", consumer, flusher, handle, one_statement=True)
     try:
         async def all_applied() -> bool:
-            return bool(await pool.fetchval(
-                "SELECT count(*) FROM inbox WHERE consumer = $1", consumer) == len(pings))
+            return len(await recorded(pool, consumer)) == len(pings)
 
         await eventually(all_applied, timeout=30)
         for pid in writers:
