@@ -204,7 +204,7 @@ async def _create_videos(deps: IntakeDeps, conn: Conn, items: Sequence[NewVideo]
     videos: list[dict[str, Any]] = []
     jobs: list[tuple[UUID, UUID, UUID, str, datetime, datetime]] = []
     events: list[tuple[str, VideoJobQueued]] = []
-    claims: list[tuple[UUID, str, int, Any, UUID | None]] = []
+    claims: list[tuple[UUID, str, int, str, UUID | None]] = []
     for n, (i, item, character, renderer) in enumerate(accepted):
         req, valid, workspace = item.valid.request, item.valid, item.workspace
         video_id, job_id = uuid4(), uuid4()
@@ -214,6 +214,8 @@ async def _create_videos(deps: IntakeDeps, conn: Conn, items: Sequence[NewVideo]
         tier = (req.quality_tier if req.quality_tier in renderer.tiers
                 else next(iter(renderer.tiers)))
         width, height = renderer.frame_size(tier, req.aspect_ratio)
+        # The model itself: `to_json` writes it for the row and `to_resource` takes it as is.
+        feedback = scene_feedback(req.scene_description)
         video = {
             "id": video_id, "workspace_id": workspace.id, "character_id": req.character_id,
             "status": "queued", "platform": req.platform, "type": valid.type,
@@ -222,7 +224,7 @@ async def _create_videos(deps: IntakeDeps, conn: Conn, items: Sequence[NewVideo]
             "hashtags": req.hashtags, "cta": req.cta, "duration_seconds": req.duration_seconds,
             "aspect_ratio": req.aspect_ratio, "model_id": valid.model.id,
             "quality_tier": req.quality_tier,
-            "scene_feedback": scene_feedback(req.scene_description).model_dump(),
+            "scene_feedback": feedback,
             "credits_quoted": valid.quote, "request_source": item.source,
             "created_at": created, "updated_at": created,
         }
@@ -247,8 +249,8 @@ async def _create_videos(deps: IntakeDeps, conn: Conn, items: Sequence[NewVideo]
         events.append((str(video_id), VideoJobQueued(
             workspace_id=workspace.id, correlation_id=str(video_id), job=spec)))
         if item.claimed_key is not None:
-            claims.append((workspace.id, item.claimed_key, 202,
-                           resource.model_dump(mode="json"), video_id))
+            claims.append((workspace.id, item.claimed_key, 202, resource.model_dump_json(),
+                           video_id))
         outcomes[i] = resource
     # Last: the workspace rows it locks stay locked until the commit (in a transaction).
     if not await repo.create(conn, videos=videos, jobs=jobs, events=events, claims=claims,

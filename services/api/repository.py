@@ -3,7 +3,6 @@ caller owns the transaction."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -12,6 +11,7 @@ from uuid import UUID
 
 import asyncpg
 from pydantic import BaseModel
+from pydantic_core import to_json
 
 from services.api import idempotency
 from shared import outbox
@@ -166,20 +166,21 @@ REQUIREMENT_FAILED = "IG001"
 async def create(conn: Conn, *, videos: list[dict[str, Any]],
                  jobs: list[tuple[UUID, UUID, UUID, str, datetime, datetime]],
                  events: Sequence[tuple[str, BaseModel]],
-                 claims: Sequence[tuple[UUID, str, int, Any, UUID | None]], check: bool,
+                 claims: Sequence[tuple[UUID, str, int, str, UUID | None]], check: bool,
                  publisher: outbox.Publisher | None = None) -> bool:
-    """Insert videos (dicts of column values, all with the same columns), their queued
-    jobs (`(id, video_id, workspace_id, provider, deadline_at, created_at)`), the job
-    events (into the outbox), the credit reservations (each job holds its video's
-    `credits_quoted`) with their ledger rows, and the responses of claimed idempotency keys
-    (`(workspace_id, key, status, body, video_id)`), in one statement, atomic on its own.
-    With `check`, only if every workspace still has the credits available: False when not,
-    and nothing was written (in a transaction, the caller must roll back to before the
-    statement). Without, the caller has checked the amounts against rows it locked. The
-    workspace rows are locked in id order (`shared.db.locked_in_id_order`, as the
-    finalizer's settlements lock them) until commit: outside a transaction, only while the
-    statement runs; inside one, call it last. Outside a transaction, `publisher` sends the
-    job events at once (see `shared.outbox.OutboxWrite`)."""
+    """Insert videos (dicts of column values, all with the same columns, as `to_json`
+    writes them: models, UUIDs and instants included), their queued jobs (`(id, video_id,
+    workspace_id, provider, deadline_at, created_at)`), the job events (into the outbox),
+    the credit reservations (each job holds its video's `credits_quoted`) with their ledger
+    rows, and the responses of claimed idempotency keys (`(workspace_id, key, status, body
+    as JSON text, video_id)`), in one statement, atomic on its own. With `check`, only if
+    every workspace still has the credits available: False when not, and nothing was
+    written (in a transaction, the caller must roll back to before the statement). Without,
+    the caller has checked the amounts against rows it locked. The workspace rows are
+    locked in id order (`shared.db.locked_in_id_order`, as the finalizer's settlements lock
+    them) until commit: outside a transaction, only while the statement runs; inside one,
+    call it last. Outside a transaction, `publisher` sends the job events at once (see
+    `shared.outbox.OutboxWrite`)."""
     write = outbox.OutboxWrite(conn, events, publisher)
     names = list(videos[0])
     workspaces = {job[2] for job in jobs}
@@ -223,10 +224,10 @@ async def create(conn: Conn, *, videos: list[dict[str, Any]],
                                     'the credits available changed'),
                    {outbox.after_insert("queued", eager="$14")}
             """,
-            json.dumps(videos, default=str), *job_columns, [quotes[v] for v in job_columns[1]],
+            to_json(videos).decode(), *job_columns, [quotes[v] for v in job_columns[1]],
             write.keys, write.event_ids, write.payloads, TOPIC_JOBS, check, write.eager,
             [c[0] for c in claims], [c[1] for c in claims],
-            [c[2] for c in claims], [json.dumps(c[3]) for c in claims], [c[4] for c in claims],
+            [c[2] for c in claims], [c[3] for c in claims], [c[4] for c in claims],
             len(workspaces),
         )
     except asyncpg.PostgresError as exc:

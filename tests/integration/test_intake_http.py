@@ -73,6 +73,22 @@ async def test_defaults_are_applied_and_visible(client: Client) -> None:
     assert (credits["balance"], credits["reserved"], credits["available"]) == (1000, 8, 992)
 
 
+async def test_the_stored_video_reads_back_as_answered(client: Client) -> None:
+    """The 202's resource is built from the values written, not read back: a GET (from the
+    row, through its JSON) gives the same resource, instants and scene feedback included."""
+    ws = await client.workspace()
+    cid = await client.character(ws["api_key"])
+    status, video, _ = await client.call("POST", "/v1/videos", ws["api_key"], {
+        "character_id": cid, "scene_description": "Café au lait, «slow» push-in \u2028 ✨",
+        "caption": "Ünïcode \"quotes\" and \\ backslash", "hashtags": ["paris", "café"],
+        "planned_date": "2026-12-24T18:30:00+01:00", "cta": "Follow for more"})
+    assert status == 202, video
+    status, read, _ = await client.call("GET", f"/v1/videos/{video['id']}", ws["api_key"])
+    assert status == 200
+    assert read == video
+    assert read["scene_feedback"]["present"] == ["setting", "framing", "pacing"]
+
+
 BAD: list[tuple[dict[str, Any], set[str]]] = [
     ({"scene_description": SCENE}, {"character_id"}),
     ({"character_id": "$CID"}, {"scene_description"}),
