@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Literal
 from uuid import UUID, uuid4
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, FiniteFloat, StrictInt
 
 TOPIC_REQUESTED = "influgen.video.requested.v1"
 TOPIC_REJECTED = "influgen.video.rejected.v1"
@@ -38,6 +38,19 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def _storable(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain the NUL character (U+0000)")
+    return value
+
+
+#: A string PostgreSQL can store: its text and jsonb types cannot hold U+0000, and a write
+#: with one fails whole (for a Kafka message, at every redelivery, stalling its partition).
+#: Every string of a request or an incoming event that may reach the database is `Text`, so
+#: that such input is refused with the field named (a 422, a rejection or the DLQ).
+Text = Annotated[str, AfterValidator(_storable)]
+
+
 class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -48,15 +61,15 @@ class FieldError(Frozen):
 
 
 class JobError(Frozen):
-    code: str
-    message: str
+    code: Text
+    message: Text
     retryable: bool
 
 
 class Media(Frozen):
-    video_url: str
-    thumbnail_url: str
-    duration_seconds: float
+    video_url: Text
+    thumbnail_url: Text
+    duration_seconds: FiniteFloat  # JSON has no NaN, so jsonb cannot store one
     aspect_ratio: AspectRatio
     width: int
     height: int
@@ -68,7 +81,7 @@ class Envelope(Frozen):
     schema_version: int = 1
     occurred_at: datetime = Field(default_factory=utcnow)
     workspace_id: UUID
-    correlation_id: str
+    correlation_id: Text
 
 
 # --- influgen.video.requested.v1 (upstream systems -> api) -------------------------------
@@ -84,8 +97,8 @@ class VideoRequested(Frozen):
     schema_version: int = 1
     occurred_at: datetime = Field(default_factory=utcnow)
     workspace_id: UUID
-    correlation_id: str | None = None
-    request_id: Annotated[str, Field(min_length=1, max_length=200)]
+    correlation_id: Text | None = None
+    request_id: Annotated[Text, Field(min_length=1, max_length=200)]
 
 
 # --- influgen.video.rejected.v1 (api) -----------------------------------------------------
@@ -103,9 +116,9 @@ class JobSpec(Frozen):
 
     job_id: UUID
     video_id: UUID
-    provider: str
-    model_id: str
-    provider_model: str | None = None
+    provider: Text
+    model_id: Text
+    provider_model: Text | None = None
     quality_tier: QualityTier
     width: int
     height: int
@@ -114,10 +127,10 @@ class JobSpec(Frozen):
     aspect_ratio: AspectRatio
     platform: Platform
     type: VideoType
-    scene_description: str
+    scene_description: Text
     character_id: UUID
-    character_name: str
-    reference_image_url: str | None = None
+    character_name: Text
+    reference_image_url: Text | None = None
     deadline_at: datetime
 
 
@@ -132,7 +145,7 @@ class VideoGenerationSucceeded(Envelope):
     event_type: Literal["video.generation.succeeded"] = "video.generation.succeeded"
     job_id: UUID
     video_id: UUID
-    provider: str
+    provider: Text
     media: Media
 
 
@@ -140,7 +153,7 @@ class VideoGenerationFailed(Envelope):
     event_type: Literal["video.generation.failed"] = "video.generation.failed"
     job_id: UUID
     video_id: UUID
-    provider: str
+    provider: Text
     error: JobError
     canceled: bool = False
 

@@ -8,6 +8,7 @@ from uuid import UUID
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
+from pydantic_core import from_json
 
 from services.api.handlers import NotFound
 from services.api.validation import RequestInvalid, error_location, error_message
@@ -32,9 +33,13 @@ async def read_json(request: web.Request) -> Any:
     if request.content_type != "application/json":
         raise web.HTTPUnsupportedMediaType(**_problem_error(
             415, "Unsupported media type", "send Content-Type: application/json"))
+    body = await request.read()
     try:
-        return await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        # pydantic's parser, as for Kafka messages: it refuses what json.loads lets through
+        # and the database cannot take (an unpaired surrogate, NaN) or Python cannot nest
+        # (json.loads raised RecursionError, a 500, past a thousand levels).
+        return from_json(body, allow_inf_nan=False)
+    except ValueError as exc:
         raise web.HTTPBadRequest(**_problem_error(400, "Malformed JSON", str(exc))) from None
 
 

@@ -3,11 +3,11 @@ and `/openapi.json` is generated from them, so the document cannot drift from th
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from services.api.validation import VideoRequest
 from shared.events import (
@@ -17,6 +17,7 @@ from shared.events import (
     Platform,
     ReviewMode,
     SceneFeedback,
+    Text,
     VideoResource,
     VideoStatus,
 )
@@ -29,7 +30,7 @@ class Strict(BaseModel):
 
 
 class WorkspaceIn(Strict):
-    name: str = Field(min_length=1, max_length=200)
+    name: Text = Field(min_length=1, max_length=200)
     credits: int = Field(default=0, ge=0, le=1_000_000_000)
     sandbox: bool = False
 
@@ -44,19 +45,19 @@ class WorkspaceCreated(BaseModel):
 
 class CreditsIn(Strict):
     amount: int = Field(gt=0, le=1_000_000_000)
-    reason: str = Field(min_length=1, max_length=500)
+    reason: Text = Field(min_length=1, max_length=500)
 
 
 class CharacterIn(Strict):
-    name: str = Field(min_length=1, max_length=200)
+    name: Text = Field(min_length=1, max_length=200)
     review_mode: ReviewMode = "manual"
-    reference_image_url: str | None = Field(default=None, max_length=2000)
+    reference_image_url: Text | None = Field(default=None, max_length=2000)
 
 
 class CharacterPatch(Strict):
-    name: str | None = Field(default=None, min_length=1, max_length=200)
+    name: Text | None = Field(default=None, min_length=1, max_length=200)
     review_mode: ReviewMode | None = None
-    reference_image_url: str | None = Field(default=None, max_length=2000)
+    reference_image_url: Text | None = Field(default=None, max_length=2000)
 
 
 class Character(BaseModel):
@@ -119,6 +120,16 @@ class VideoQuery(Strict):
     limit: int = Field(default=20, ge=1, le=100)
     cursor: str | None = None
 
+    @field_validator("planned_from", "planned_to")
+    @classmethod
+    def _representable(cls, value: datetime | date | None) -> datetime | date | None:
+        if isinstance(value, datetime) and value.tzinfo is not None:
+            try:
+                value.astimezone(UTC)  # as the database driver sends it
+            except OverflowError:
+                raise ValueError("must be in the years 1 to 9999 in UTC") from None
+        return value
+
 
 class VideoList(BaseModel):
     items: list[VideoResource]
@@ -138,11 +149,11 @@ class DryRun(BaseModel):
 
 class ReviewIn(Strict):
     decision: Literal["approve", "reject"]
-    note: str | None = Field(default=None, max_length=2000)
+    note: Text | None = Field(default=None, max_length=2000)
 
 
 class WebhookIn(Strict):
-    url: str = Field(min_length=1, max_length=2000)
+    url: Text = Field(min_length=1, max_length=2000)
     event_types: list[CompletedType] = Field(
         default_factory=list, description="Completion event types to receive; empty: all")
 

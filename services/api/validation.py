@@ -11,14 +11,14 @@ rather than coerced, so a client bug is reported instead of silently rounded.
 from __future__ import annotations
 
 import re
-from datetime import date, datetime
+from datetime import UTC, date, datetime, time
 from typing import Annotated, Any
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
 
 from shared.catalog import Catalog, ModelEntry
-from shared.events import AspectRatio, FieldError, Platform, QualityTier, VideoType
+from shared.events import AspectRatio, FieldError, Platform, QualityTier, Text, VideoType
 
 #: Which content types each platform takes, and the default type.
 PLATFORM_TYPES: dict[str, tuple[str, ...]] = {
@@ -37,13 +37,13 @@ class VideoRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     character_id: UUID
-    scene_description: str
+    scene_description: Text
     platform: Platform = "instagram"
     type: VideoType | None = None
     planned_date: str | None = None
-    caption: Annotated[str, Field(max_length=2200)] | None = None
+    caption: Annotated[Text, Field(max_length=2200)] | None = None
     hashtags: Annotated[list[str], Field(max_length=30)] = Field(default_factory=list)
-    cta: Annotated[str, Field(max_length=200)] | None = None
+    cta: Annotated[Text, Field(max_length=200)] | None = None
     duration_seconds: Annotated[StrictInt, Field(ge=5, le=60)] = 8
     aspect_ratio: AspectRatio = "9:16"
     model_id: str | None = None
@@ -76,12 +76,11 @@ class VideoRequest(BaseModel):
         if value is None:
             return None
         try:
-            if "T" in value or " " in value:
-                datetime.fromisoformat(value.replace("Z", "+00:00"))
-            else:
-                date.fromisoformat(value)
+            planned_at(value)
         except ValueError:
             raise ValueError("must be an ISO 8601 date (2026-12-01) or date-time") from None
+        except OverflowError:  # stored as a UTC instant, which must be a year 1 to 9999
+            raise ValueError("must be in the years 1 to 9999 in UTC") from None
         return value
 
 
@@ -106,9 +105,15 @@ class RequestInvalid(Exception):
 
 
 def error_location(loc: tuple[int | str, ...]) -> str:
+    """`a.b[2]` for pydantic's location; a NUL in a key (an unknown field's name) is written
+    as `\\u0000`, since the errors of a Kafka request are stored with its outcome."""
     out = ""
     for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            name = part.replace("\x00", "\\u0000")
+            out += f".{name}" if out else name
     return out or "body"
 
 
@@ -186,12 +191,13 @@ def validate_request(body: object, catalog: Catalog) -> ValidRequest:
 
 
 def planned_at(value: str | None) -> datetime | None:
-    """The planned date as a timestamp for filtering (a date means its midnight, UTC)."""
+    """The planned date as a UTC timestamp for filtering (a date means its midnight, UTC;
+    a date-time without an offset is taken as UTC). Raises ValueError for what is not ISO
+    8601 and OverflowError for an instant outside the years 1 to 9999 in UTC, which
+    PostgreSQL would store but Python could not read back."""
     if value is None:
         return None
-    from datetime import UTC, time
-
     if "T" in value or " " in value:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
     return datetime.combine(date.fromisoformat(value), time(0, 0), tzinfo=UTC)

@@ -120,6 +120,11 @@ BAD: list[tuple[dict[str, Any], set[str]]] = [
      {"hashtags"}),
     ({"character_id": "$CID", "scene_description": SCENE, "planned_date": "soon"},
      {"planned_date"}),
+    ({"character_id": "$CID", "scene_description": SCENE,
+      "planned_date": "9999-12-31T23:59:59-14:00"}, {"planned_date"}),
+    # U+0000: PostgreSQL cannot store it (this was a 500).
+    ({"character_id": "$CID", "scene_description": "a\x00b", "caption": "\x00",
+      "cta": "\x00", "x\x00": 1}, {"scene_description", "caption", "cta", "x\\u0000"}),
     ({"character_id": "$CID", "scene_description": SCENE, "duraton_seconds": 8},
      {"duraton_seconds"}),
     ({"character_id": str(uuid4()), "scene_description": SCENE}, {"character_id"}),
@@ -161,11 +166,16 @@ async def test_another_workspaces_character_and_video_are_invisible(client: Clie
 @pytest.mark.parametrize(
     ("data", "content_type", "status"),
     [("not json", "application/json", 400), ("[1, 2]", "application/json", 422),
-     ('{"a": 1}', "text/plain", 415), ("x" * (1024 * 1024 + 10), "application/json", 413)],
+     ('{"a": 1}', "text/plain", 415), ("x" * (1024 * 1024 + 10), "application/json", 413),
+     # Too deep for json.loads, and a string PostgreSQL cannot encode: each was a 500.
+     ("[" * 100_000, "application/json", 400),
+     ('{"character_id": "$CID", "scene_description": "a\\ud800"}', "application/json", 400)],
 )
 async def test_malformed_bodies(client: Client, pool: asyncpg.Pool, data: str,
                                 content_type: str, status: int) -> None:
     ws = await client.workspace()
+    if "$CID" in data:
+        data = data.replace("$CID", await client.character(ws["api_key"]))
     before = await counts(pool, ws["id"])
     got, problem, headers = await client.call(
         "POST", "/v1/videos", ws["api_key"], data=data.encode(),
@@ -324,6 +334,31 @@ async def test_characters_can_be_edited(client: Client) -> None:
     assert status == 422
     _, listed, _ = await client.call("GET", "/v1/characters", ws["api_key"])
     assert [c["id"] for c in listed["items"]] == [cid]
+
+
+async def test_a_nul_character_in_any_body_is_a_422_naming_the_field(client: Client) -> None:
+    """PostgreSQL's text cannot hold U+0000: each of these was a 500."""
+    ws = await client.workspace()
+    key = ws["api_key"]
+    cid = await client.character(key)
+    calls = [("POST", "/v1/admin/workspaces", ADMIN, {"name": "a\x00"}, "name"),
+             ("POST", "/v1/characters", key, {"name": "a\x00"}, "name"),
+             ("POST", "/v1/characters", key, {"name": "a", "reference_image_url": "\x00"},
+              "reference_image_url"),
+             ("PATCH", f"/v1/characters/{cid}", key, {"name": "\x00"}, "name"),
+             ("POST", f"/v1/admin/workspaces/{ws['id']}/credits", ADMIN,
+              {"amount": 5, "reason": "\x00"}, "reason"),
+             ("POST", "/v1/webhooks", key, {"url": "https://example.com/\x00"}, "url"),
+             ("POST", f"/v1/videos/{uuid4()}/review", key,
+              {"decision": "approve", "note": "\x00"}, "note"),
+             ("GET", "/v1/videos?planned_to=9999-12-31T23:59:59-14:00", key, None,
+              "planned_to")]
+    for method, path, auth, data, field in calls:
+        status, problem, _ = await client.call(method, path, auth, data)
+        assert status == 422, (path, problem)
+        assert [e["field"] for e in problem["errors"]] == [field], path
+    _, listed, _ = await client.call("GET", "/v1/characters", key)
+    assert [c["name"] for c in listed["items"]] == ["Mila"]
 
 
 @pytest.mark.parametrize("url", ["http://127.0.0.1:9/hook", "http://localhost/hook",

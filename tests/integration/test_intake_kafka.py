@@ -155,3 +155,40 @@ async def test_unparseable_messages_go_to_the_dlq_and_do_not_stall(
     # The valid event behind the garbage on the same partition is processed.
     await eventually(lambda: pool.fetchval(
         "SELECT count(*) FROM videos WHERE workspace_id = $1", UUID(ws["id"])))
+
+
+@pytest.mark.parametrize("field", ["caption", "request_id"])
+async def test_a_nul_character_is_refused_without_stalling(
+    intake: None, client: Client, infra: Infra, pool: asyncpg.Pool, unique: str, field: str
+) -> None:
+    """PostgreSQL cannot store U+0000: such an event used to fail its write at every
+    redelivery, and no later event of its partition was applied. A request field with one is
+    rejected (naming it); an envelope field, which a rejection would carry, sends the event
+    to the DLQ."""
+    ws = await client.workspace()
+    cid = await client.character(ws["api_key"])
+    key = f"nul-{unique}".encode()
+    request_id = f"nul-{unique}"
+    if field == "caption":
+        raw = event(ws["id"], request_id, character_id=cid, scene_description=SCENE,
+                    caption="a\x00b")
+    else:
+        raw = event(ws["id"], f"{request_id}\x00", character_id=cid, scene_description=SCENE)
+    await publish(infra, raw, key=key)
+    await publish(infra, event(ws["id"], f"after-{unique}", character_id=cid,
+                               scene_description=SCENE), key=key)
+    if field == "caption":
+        found = await eventually(lambda: rejections(infra, request_id))
+        assert found[0]["errors"] == [
+            {"field": "caption", "message": "must not contain the NUL character (U+0000)"}]
+    else:
+        async def dead() -> list[dict[str, Any]]:
+            records = await read_topic(infra.bootstrap_servers, TOPIC_DLQ)
+            return [json.loads(r.value) for r in records if r.key == key]
+
+        letters = await eventually(dead)
+        assert "request_id" in letters[0]["reason"]
+        assert "NUL" in letters[0]["reason"]
+    # The valid event behind it on the same partition is applied.
+    await eventually(lambda: pool.fetchval(
+        "SELECT count(*) FROM videos WHERE workspace_id = $1", UUID(ws["id"])))

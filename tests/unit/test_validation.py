@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 from uuid import uuid4
 
@@ -11,6 +12,7 @@ from services.api.validation import (
     DEFAULT_TYPE,
     PLATFORM_TYPES,
     RequestInvalid,
+    planned_at,
     validate_request,
 )
 from shared.catalog import Catalog
@@ -77,6 +79,14 @@ def test_default_type_follows_platform(platform: str, expected: str) -> None:
         ({"hashtags": "travel"}, "hashtags"),
         ({"planned_date": "next tuesday"}, "planned_date"),
         ({"planned_date": "2026-13-01"}, "planned_date"),
+        # Instants that are not a year 1 to 9999 in UTC (PostgreSQL stores them; Python
+        # cannot read them back).
+        ({"planned_date": "9999-12-31T23:59:59-14:00"}, "planned_date"),
+        ({"planned_date": "0001-01-01T00:00:00+14:00"}, "planned_date"),
+        # U+0000, which PostgreSQL's text and jsonb cannot hold.
+        ({"scene_description": "a\x00b"}, "scene_description"),
+        ({"caption": "\x00"}, "caption"),
+        ({"cta": "go\x00"}, "cta"),
         ({"duration": 8}, "duration"),
     ],
 )
@@ -147,3 +157,16 @@ def test_arbitrary_objects_never_crash_the_validator(raw: dict[str, Any]) -> Non
     except RequestInvalid as exc:
         errors = exc.errors
     assert errors is None or len(errors) > 0  # rejected only with a reason; nothing else raised
+
+
+def test_a_nul_is_refused_in_words_and_escaped_in_a_field_name() -> None:
+    found = errors_of(body(scene_description="a\x00", caption="b\x00", **{"c\x00d": 1}))
+    assert found["scene_description"] == found["caption"] == (
+        "must not contain the NUL character (U+0000)")
+    assert found["c\\u0000d"] == "unknown field"  # stored with a Kafka request's outcome
+
+
+def test_a_planned_instant_is_kept_as_utc() -> None:
+    valid = validate_request(body(planned_date="2026-12-24T18:30:00+01:00"), CATALOG)
+    assert planned_at(valid.request.planned_date) == datetime(2026, 12, 24, 17, 30, tzinfo=UTC)
+    assert planned_at("2026-12-24") == datetime(2026, 12, 24, tzinfo=UTC)

@@ -14,6 +14,8 @@ class ProviderError(Exception):
 
     def __init__(self, code: str, message: str, *, retryable: bool,
                  retry_after: float | None = None, resubmit: bool = False) -> None:
+        # A provider's own text may hold U+0000, which the job's stored error cannot.
+        code, message = code.replace("\x00", "\ufffd"), message.replace("\x00", "\ufffd")
         super().__init__(message)
         self.code = code
         self.message = message

@@ -1,0 +1,80 @@
+"""The event contract refuses what the database cannot store, so that such a message goes to
+the DLQ instead of failing its write at every redelivery (and stalling its partition)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+from uuid import uuid4
+
+import pytest
+from pydantic import TypeAdapter, ValidationError
+
+from services.generator.providers.base import ProviderError
+from shared.events import GenerationEvent, JobError, JobSpec, VideoJobQueued, VideoRequested
+
+GENERATED: TypeAdapter[Any] = TypeAdapter(GenerationEvent)
+
+
+def succeeded(**media: Any) -> dict[str, Any]:
+    return {"event_type": "video.generation.succeeded", "workspace_id": str(uuid4()),
+            "correlation_id": "c", "job_id": str(uuid4()), "video_id": str(uuid4()),
+            "provider": "sandbox",
+            "media": {"video_url": "/media/v.mp4", "thumbnail_url": "/media/v.jpg",
+                      "duration_seconds": 5.0, "aspect_ratio": "9:16", "width": 144,
+                      "height": 256, **media}}
+
+
+def spec(**changes: Any) -> dict[str, Any]:
+    return {"job_id": str(uuid4()), "video_id": str(uuid4()), "provider": "sandbox",
+            "model_id": "sandbox-clip", "quality_tier": "standard", "width": 144,
+            "height": 256, "fps": 8, "duration_seconds": 5, "aspect_ratio": "9:16",
+            "platform": "tiktok", "type": "short", "scene_description": "a scene",
+            "character_id": str(uuid4()), "character_name": "Mila",
+            "deadline_at": datetime.now(UTC).isoformat(), **changes}
+
+
+def test_a_valid_generation_event_is_read() -> None:
+    event = GENERATED.validate_json(json.dumps(succeeded()))
+    assert event.media.video_url == "/media/v.mp4"
+
+
+@pytest.mark.parametrize("raw", [
+    # NaN and Infinity parse from JSON into a float, which jsonb cannot hold.
+    json.dumps(succeeded()).replace('"duration_seconds": 5.0', '"duration_seconds": NaN'),
+    json.dumps(succeeded()).replace('"duration_seconds": 5.0', '"duration_seconds": Infinity'),
+    json.dumps(succeeded(video_url="/media/\x00.mp4")),
+    json.dumps({**succeeded(), "provider": "\x00"}),
+    json.dumps({**succeeded(), "correlation_id": "c\x00"}),
+    json.dumps({**{k: v for k, v in succeeded().items() if k != "media"},
+                "event_type": "video.generation.failed",
+                "error": {"code": "x", "message": "bad\x00", "retryable": False}}),
+])
+def test_what_the_database_cannot_store_is_not_a_generation_event(raw: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        GENERATED.validate_json(raw)
+    assert any(word in str(info.value) for word in ("NUL", "finite"))
+
+
+@pytest.mark.parametrize("field", ["scene_description", "character_name", "provider",
+                                   "reference_image_url"])
+def test_a_job_spec_with_a_nul_is_refused(field: str) -> None:
+    with pytest.raises(ValidationError, match="NUL"):
+        VideoJobQueued.model_validate({"workspace_id": str(uuid4()), "correlation_id": "c",
+                                       "job": spec(**{field: "a\x00"})})
+    assert JobSpec.model_validate(spec()).character_name == "Mila"
+
+
+@pytest.mark.parametrize("field", ["request_id", "correlation_id"])
+def test_a_request_envelope_with_a_nul_is_refused(field: str) -> None:
+    raw = {"workspace_id": str(uuid4()), "request_id": "r", field: "r\x00"}
+    with pytest.raises(ValidationError, match="NUL"):
+        VideoRequested.model_validate_json(json.dumps(raw))
+
+
+def test_a_providers_nul_becomes_a_replacement_character() -> None:
+    """A provider's error text ends in the job's stored error: it must be storable."""
+    exc = ProviderError("bad\x00code", "it\x00failed", retryable=False)
+    error = JobError(code=exc.code, message=exc.message, retryable=exc.retryable)
+    assert (error.code, error.message) == ("bad\ufffdcode", "it\ufffdfailed")
