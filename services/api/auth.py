@@ -15,12 +15,18 @@ def new_api_key() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(32)
 
 
+def _raw(text: str) -> bytes:
+    """A header's bytes: aiohttp decodes headers as UTF-8 with `surrogateescape`, so bytes
+    that are not UTF-8 come back as they were instead of failing to encode (a 500)."""
+    return text.encode("utf-8", "surrogateescape")
+
+
 def hash_key(key: str) -> bytes:
-    return hashlib.sha256(key.encode()).digest()
+    return hashlib.sha256(_raw(key)).digest()
 
 
 def token_matches(given: str, expected: str) -> bool:
-    return bool(expected) and hmac.compare_digest(given.encode(), expected.encode())
+    return bool(expected) and hmac.compare_digest(_raw(given), expected.encode())
 
 
 class KeyCache:

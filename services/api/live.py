@@ -46,6 +46,8 @@ async def video_events(request: web.Request) -> web.StreamResponse:
         last = int(request.headers.get("Last-Event-ID", "0") or 0)
     except ValueError:
         last = 0
+    if not 0 <= last < 2**63:  # not an id of ours (a bigint): from the start, as for junk
+        last = 0
     hub = request.app[HUB]
     wake = hub.subscribe(video_id)
     try:

@@ -50,9 +50,10 @@ async def create_video(request: web.Request) -> web.Response:
     key = request.headers.get("Idempotency-Key")
     if key is None:
         return _accepted(await writer.submit(handlers.NewVideo(workspace, valid, "http")))
-    if not 1 <= len(key) <= 255:
+    # Printable: bytes that are not UTF-8 reach us as surrogates, which cannot be stored.
+    if not (1 <= len(key) <= 255 and key.isprintable()):
         raise RequestInvalid([FieldError(field="Idempotency-Key",
-                                         message="must be 1 to 255 characters")])
+                                         message="must be 1 to 255 printable characters")])
     digest = idempotency.request_hash(body)
     async with deps.pool.acquire() as conn:
         claim = await idempotency.claim(conn, workspace_id=workspace.id, key=key, digest=digest)

@@ -57,6 +57,10 @@ async def test_stream_shows_every_state_and_resumes(api: Api) -> None:
     assert len(set(ids)) == len(ids)
     resumed = await read_stream(api, key, created["id"], last_event_id=events[1]["id"])
     assert [e["id"] for e in resumed] == [e["id"] for e in events[2:]]
+    # An id that is not one of ours, even past a bigint (that was a 500): from the start.
+    for junk in ("x", "-5", "9" * 30):
+        again = await read_stream(api, key, created["id"], last_event_id=junk)
+        assert [e["id"] for e in again] == [e["id"] for e in events]
 
 
 async def test_a_client_that_leaves_early_does_not_disturb_others(api: Api) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
+from urllib.parse import urlparse
 from uuid import UUID, uuid4
 
 import asyncpg
@@ -359,6 +361,43 @@ async def test_a_nul_character_in_any_body_is_a_422_naming_the_field(client: Cli
         assert [e["field"] for e in problem["errors"]] == [field], path
     _, listed, _ = await client.call("GET", "/v1/characters", key)
     assert [c["name"] for c in listed["items"]] == ["Mila"]
+
+
+async def raw_post(client: Client, path: str, head: bytes, body: bytes = b"{}"
+                   ) -> tuple[int, Any]:
+    """A request with header bytes that an HTTP client library would not send."""
+    url = urlparse(client.base)
+    reader, writer = await asyncio.open_connection(url.hostname, url.port)
+    writer.write(b"POST " + path.encode() + b" HTTP/1.1\r\nHost: api\r\n" + head +
+                 b"Content-Type: application/json\r\nContent-Length: " +
+                 str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    status_line, _, rest = answer.partition(b"\r\n")
+    return int(status_line.split()[1]), json.loads(rest.partition(b"\r\n\r\n")[2] or b"null")
+
+
+async def test_header_bytes_that_are_not_utf8_are_refused_not_a_500(client: Client,
+                                                                    pool: asyncpg.Pool) -> None:
+    """aiohttp hands such bytes on as surrogates, which could not be hashed or stored."""
+    ws = await client.workspace()
+    cid = await client.character(ws["api_key"])
+    body = json.dumps({"character_id": cid, "scene_description": SCENE}).encode()
+    auth = b"Authorization: Bearer " + ws["api_key"].encode() + b"\r\n"
+    before = await counts(pool, ws["id"])
+    status, problem = await raw_post(client, "/v1/videos", auth + b"Idempotency-Key: k\xff\r\n",
+                                     body)
+    assert (status, problem["errors"][0]["field"]) == (422, "Idempotency-Key")
+    assert (await raw_post(client, "/v1/videos", b"Authorization: Bearer \xff\xfe\r\n",
+                           body))[0] == 401
+    assert (await raw_post(client, "/v1/admin/workspaces",
+                           b"Authorization: Bearer \xff\r\n"))[0] == 401
+    assert await counts(pool, ws["id"]) == before
+    # A key of any printable text still works.
+    status, _ = await raw_post(client, "/v1/videos",
+                               auth + "Idempotency-Key: café\r\n".encode(), body)
+    assert status == 202
 
 
 @pytest.mark.parametrize("url", ["http://127.0.0.1:9/hook", "http://localhost/hook",
