@@ -96,8 +96,12 @@ def _cursor(resource: VideoResource) -> str:
 def _parse_cursor(cursor: str) -> tuple[datetime, UUID]:
     try:
         created, vid = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
-        return datetime.fromisoformat(created), UUID(vid)
-    except (ValueError, UnicodeDecodeError):
+        at = datetime.fromisoformat(created)
+        if at.tzinfo is None:  # ours carry the offset PostgreSQL gave
+            raise ValueError(created)
+        # As the driver sends it: an instant past the year 9999 in UTC was a 500.
+        return at.astimezone(UTC), UUID(vid)
+    except (ValueError, OverflowError):  # (bad base64 and UTF-8 are ValueErrors too)
         raise RequestInvalid(
             [FieldError(field="cursor", message="not a cursor from this API")]
         ) from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from typing import Any
 from urllib.parse import urlparse
@@ -309,8 +310,11 @@ async def test_list_filters_and_stable_cursor(client: Client) -> None:
     status, problem, _ = await client.call("GET", "/v1/videos?limit=0&status=bogus", key)
     assert status == 422
     assert {e["field"] for e in problem["errors"]} == {"limit", "status"}
-    status, _, _ = await client.call("GET", "/v1/videos?cursor=garbage", key)
-    assert status == 422
+    for junk in ("garbage", f"9999-12-31T23:59:59-14:00|{uuid4()}",  # (that was a 500)
+                 f"2026-12-01T00:00:00|{uuid4()}", "%ff"):
+        cursor = junk if "|" not in junk else base64.urlsafe_b64encode(junk.encode()).decode()
+        status, problem, _ = await client.call("GET", f"/v1/videos?cursor={cursor}", key)
+        assert (status, problem["errors"][0]["field"]) == (422, "cursor"), junk
 
 
 async def test_rate_limit_answers_429_with_retry_after(infra: Infra, pool: asyncpg.Pool) -> None:
