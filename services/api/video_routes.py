@@ -36,8 +36,9 @@ def _accepted(resource: VideoResource, replayed: bool = False) -> web.Response:
     "quotes and gives scene feedback without storing anything",
     responses={202: VideoResource, 200: DryRun, 402: None, 409: None},
     body=VideoRequest, query=None, tags=("videos",),
-    headers={"Idempotency-Key": "Kept 24 hours: the same key and body returns the first "
-             "response; another body 422; while the first is in flight 409"},
+    headers={"Idempotency-Key": "1 to 255 printable characters, kept 24 hours: the same key "
+             "and body returns the first response; another body 422; while the first is in "
+             "flight 409"},
 )
 async def create_video(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
