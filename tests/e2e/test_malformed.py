@@ -25,7 +25,7 @@ COUNT = 1000
 
 def garbage(rng: random.Random, workspace: str, tag: str, i: int) -> tuple[bytes, str]:
     """A bad message and what must become of it: 'dlq' or 'rejected'."""
-    kind = i % 6
+    kind = i % 8
     if kind == 0:
         return rng.randbytes(rng.randint(0, 64)), "dlq"
     if kind == 1:
@@ -38,6 +38,13 @@ def garbage(rng: random.Random, workspace: str, tag: str, i: int) -> tuple[bytes
         return json.dumps({"workspace_id": workspace, "request_id": f"{tag}-bad-{i}",
                            "scene_description": "", "duration_seconds": rng.choice(
                                [0, 61, "8", 8.5]), "colour": "red"}).encode(), "rejected"
+    if kind == 6:  # text PostgreSQL cannot store: in a request field, then in the envelope
+        return json.dumps({"workspace_id": workspace, "request_id": f"{tag}-nul-{i}",
+                           "character_id": str(uuid4()), "scene_description": "a\x00b"}
+                          ).encode(), "rejected"
+    if kind == 7:
+        return json.dumps({"workspace_id": workspace, "request_id": f"{tag}-nul\x00{i}",
+                           "scene_description": "x"}).encode(), "dlq"
     return json.dumps({"workspace_id": str(uuid4()), "request_id": f"{tag}-nows-{i}",
                        "character_id": str(uuid4()), "scene_description": "x"}).encode(), \
         "rejected"
