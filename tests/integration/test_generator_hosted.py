@@ -196,6 +196,18 @@ async def test_success_without_output_submits_again(
         "succeeded", 2, "p0002")
 
 
+async def test_a_providers_error_with_a_nul_is_stored_and_retried(
+    pool: asyncpg.Pool, standin: ReplicateStandIn, catalog_path: Path, tmp_path: Path
+) -> None:
+    """PostgreSQL cannot store U+0000: the attempt's error keeps the provider's words, the
+    NUL replaced, and the job goes on to its next attempt."""
+    standin.script = Script(outcomes=["nul_error", "nul_error"])
+    job_id = await queue_job(pool, catalog_path)
+    row = await drive(pool, standin, job_id, tmp_path, max_attempts=2)
+    assert (row["state"], row["attempts"], standin.submissions) == ("failed", 2, 2)
+    assert row["error"]["message"] == "worker\ufffdcrashed (gave up after 2 attempts)"
+
+
 async def test_expired_output_url_submits_again_then_fails(
     pool: asyncpg.Pool, standin: ReplicateStandIn, catalog_path: Path, tmp_path: Path
 ) -> None:

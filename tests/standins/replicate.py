@@ -28,7 +28,7 @@ class Script:
     submit: list[str] = field(default_factory=list)  # 429 500 502 503 reset slow malformed
     poll: list[str] = field(default_factory=list)
     processing_polls: int = 2
-    #: per submission: succeeded | no_output | failed | safety | never | expired
+    #: per submission: succeeded | no_output | failed | safety | never | expired | nul_error
     outcomes: list[str] = field(default_factory=list)
     retry_after: str = "1"
     #: render outputs at this short side instead of the requested one
@@ -125,6 +125,8 @@ class ReplicateStandIn:
                 prediction["status"] = "processing"
             elif outcome == "failed":
                 prediction.update(status="failed", error="CUDA out of memory")
+            elif outcome == "nul_error":  # text the job's stored error cannot hold as is
+                prediction.update(status="failed", error="worker\x00crashed")
             elif outcome == "safety":
                 prediction.update(status="failed",
                                   error="NSFW content detected: flagged by the safety checker")
