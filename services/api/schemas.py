@@ -9,7 +9,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from services.api.validation import VideoRequest
+from services.api.validation import OUT_OF_RANGE, VideoRequest
 from shared.events import (
     AspectRatio,
     CompletedType,
@@ -127,7 +127,7 @@ class VideoQuery(Strict):
             try:
                 value.astimezone(UTC)  # as the database driver sends it
             except OverflowError:
-                raise ValueError("must be in the years 1 to 9999 in UTC") from None
+                raise ValueError(OUT_OF_RANGE) from None
         return value
 
 

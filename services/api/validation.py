@@ -29,6 +29,9 @@ PLATFORM_TYPES: dict[str, tuple[str, ...]] = {
 DEFAULT_TYPE: dict[str, str] = {"instagram": "reel", "tiktok": "short", "youtube": "short"}
 
 _HASHTAG = re.compile(r"^#?\w+$")
+#: For an instant outside the years 1 to 9999 in UTC: PostgreSQL stores it, but Python (and
+#: so the driver) cannot hold it, to send or to read back.
+OUT_OF_RANGE = "must be in the years 1 to 9999 in UTC"
 
 
 class VideoRequest(BaseModel):
@@ -79,8 +82,8 @@ class VideoRequest(BaseModel):
             planned_at(value)
         except ValueError:
             raise ValueError("must be an ISO 8601 date (2026-12-01) or date-time") from None
-        except OverflowError:  # stored as a UTC instant, which must be a year 1 to 9999
-            raise ValueError("must be in the years 1 to 9999 in UTC") from None
+        except OverflowError:  # stored as a UTC instant
+            raise ValueError(OUT_OF_RANGE) from None
         return value
 
 
