@@ -39,10 +39,34 @@ class UrlRefused(ValueError):
     pass
 
 
+#: NAT64's well-known prefix (RFC 6052): the last 32 bits are the IPv4 address reached.
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
+
+def refusal(address: str) -> str | None:
+    """Why a webhook may not be sent to the IP `address`, or None if it may: the address,
+    or the IPv4 address an IPv6 one carries (mapped, 6to4, Teredo, NAT64), is private,
+    loopback, link-local or otherwise not public."""
+    ip = ipaddress.ip_address(address)
+    inner: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [ip]
+    if isinstance(ip, ipaddress.IPv6Address):
+        inner += [v4 for v4 in (ip.ipv4_mapped, ip.sixtofour) if v4 is not None]
+        if ip.teredo is not None:
+            inner.append(ip.teredo[1])
+        if ip in _NAT64:
+            inner.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    for candidate in inner:
+        if not candidate.is_global:
+            return f"the host resolves to a non-public address ({candidate})"
+    return None
+
+
 def check_url(url: str, *, allow_private: bool) -> None:
     """Refuse URLs that are not http(s), or that resolve to a private, loopback, link-local
     or otherwise internal address (unless the operator allows them). Called at registration
-    and again before each delivery, since DNS can change in between."""
+    and again before each delivery, for a clear reason; the finalizer's HTTP client also
+    checks the addresses it connects to (`services.finalizer.webhooks.PublicResolver`),
+    since DNS can answer differently a moment later."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UrlRefused("must be an http or https URL with a host")
@@ -53,6 +77,5 @@ def check_url(url: str, *, allow_private: bool) -> None:
     except socket.gaierror as exc:
         raise UrlRefused(f"the host does not resolve: {exc}") from None
     for info in infos:
-        address = ipaddress.ip_address(info[4][0])
-        if not address.is_global:
-            raise UrlRefused(f"the host resolves to a non-public address ({address})")
+        if (reason := refusal(str(info[4][0]))) is not None:
+            raise UrlRefused(reason)

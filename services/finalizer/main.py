@@ -6,11 +6,9 @@ import asyncio
 import logging
 from datetime import timedelta
 
-import aiohttp
-
 from services.finalizer import consumer
 from services.finalizer.settings import FinalizerSettings
-from services.finalizer.webhooks import WebhookConfig, WebhookSender
+from services.finalizer.webhooks import WebhookConfig, WebhookSender, http_session
 from shared.catalog import Catalog
 from shared.consumer import stop_broker
 from shared.db import create_pool, migrate
@@ -32,13 +30,13 @@ async def serve(settings: FinalizerSettings) -> None:
                       group_id=settings.consumer_group,
                       fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
                       instance_id=settings.instance_id, publisher=publisher)
-    http = aiohttp.ClientSession()
     webhook_cfg = WebhookConfig(
         retry_base_seconds=settings.webhook_retry_base_seconds,
         retry_cap_seconds=settings.webhook_retry_cap_seconds,
         max_age=timedelta(hours=settings.webhook_max_age_hours),
         timeout_seconds=settings.webhook_timeout_seconds,
         allow_private=settings.webhook_allow_private)
+    http = http_session(webhook_cfg)
     sender = WebhookSender(pool, http, webhook_cfg)
     consumer.register_webhooks(broker, pool=pool, sender=sender,
                                group_id=settings.webhooks_consumer_group,

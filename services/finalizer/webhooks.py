@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,11 +21,12 @@ from uuid import UUID
 
 import aiohttp
 import asyncpg
+from aiohttp.abc import AbstractResolver, ResolveResult
 
 from shared.db import DATABASE_ERRORS, Conn, columns
 from shared.events import VideoCompleted
 from shared.runtime import wait_event
-from shared.webhooks import UrlRefused, check_url, headers
+from shared.webhooks import UrlRefused, check_url, headers, refusal
 
 log = logging.getLogger("influgen.finalizer.webhooks")
 CONSUMER = "webhooks"
@@ -39,6 +41,41 @@ class WebhookConfig:
     concurrency: int = 8
     poll_interval: float = 1.0
     allow_private: bool = False
+
+
+class AddressRefused(OSError):
+    """A webhook's host resolved to an address that `shared.webhooks.refusal` refuses."""
+
+
+class PublicResolver(AbstractResolver):
+    """aiohttp's resolver, refusing a host any of whose addresses is not public.
+
+    `check_url` before each delivery gives the reason early, but the client resolves the
+    host again to connect, and a DNS server may answer differently the second time (DNS
+    rebinding: a public address, then 127.0.0.1). This checks the addresses the client
+    connects to. A URL with an IP address is not resolved: `check_url` has judged it."""
+
+    def __init__(self, inner: AbstractResolver | None = None) -> None:
+        self._inner = inner if inner is not None else aiohttp.DefaultResolver()
+
+    async def resolve(self, host: str, port: int = 0,
+                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        results = await self._inner.resolve(host, port, family)
+        for result in results:
+            if (reason := refusal(result["host"])) is not None:
+                raise AddressRefused(reason)
+        return results
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+def http_session(cfg: WebhookConfig) -> aiohttp.ClientSession:
+    """The HTTP client the sender posts with: connecting only to public addresses unless
+    `cfg.allow_private`."""
+    if cfg.allow_private:
+        return aiohttp.ClientSession()
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(resolver=PublicResolver()))
 
 
 async def record_deliveries(conn: Conn, events: Sequence[tuple[VideoCompleted, bytes]],
@@ -147,6 +184,9 @@ class WebhookSender:
                 await resp.read()
         except UrlRefused as exc:
             error = f"refused: {exc}"
+        except aiohttp.ClientConnectorError as exc:
+            refused = isinstance(exc.os_error, AddressRefused)
+            error = f"refused: {exc.os_error}" if refused else repr(exc)[:500]
         except (aiohttp.ClientError, TimeoutError) as exc:
             error = repr(exc)[:500]
         except Exception as exc:

@@ -406,7 +406,8 @@ async def test_header_bytes_that_are_not_utf8_are_refused_not_a_500(client: Clie
 
 @pytest.mark.parametrize("url", ["http://127.0.0.1:9/hook", "http://localhost/hook",
                                  "http://10.1.2.3/hook", "http://[::1]/hook",
-                                 "http://169.254.169.254/latest"])
+                                 "http://169.254.169.254/latest",
+                                 "http://[64:ff9b::7f00:1]/hook", "http://[2002:a00:1::]/hook"])
 async def test_webhooks_to_private_addresses_are_refused(client: Client, url: str) -> None:
     ws = await client.workspace()
     status, problem, _ = await client.call("POST", "/v1/webhooks", ws["api_key"], {"url": url})

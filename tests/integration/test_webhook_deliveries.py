@@ -4,18 +4,26 @@ statement, and nothing more when Kafka delivers an event again."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
-from typing import cast
+from typing import Any, cast
 from uuid import UUID, uuid4
 
 import aiohttp
 import asyncpg
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from devstack.proc import free_port
 from services.api import handlers
-from services.finalizer.webhooks import WebhookConfig, WebhookSender, record_deliveries
+from services.finalizer.webhooks import (
+    WebhookConfig,
+    WebhookSender,
+    http_session,
+    record_deliveries,
+)
 from shared.events import CompletedType, VideoCompleted, VideoResource, utcnow
 from shared.runtime import stop_task
 from shared.webhooks import new_secret
@@ -43,15 +51,39 @@ async def _workspace(pool: asyncpg.Pool) -> UUID:
 
 
 async def _endpoint(pool: asyncpg.Pool, made: list[UUID], workspace_id: UUID, *,
-                    types: list[str], created_at: datetime, deleted: bool = False) -> UUID:
+                    types: list[str], created_at: datetime, deleted: bool = False,
+                    url: str | None = None) -> UUID:
     endpoint_id = uuid4()
     made.append(endpoint_id)
     await pool.execute(
         "INSERT INTO webhook_endpoints (id, workspace_id, url, secret, event_types,"
         " created_at, deleted_at) VALUES ($1, $2, $3, $4, $5, $6, CASE WHEN $7 THEN now() END)",
-        endpoint_id, workspace_id, f"http://127.0.0.1:{free_port()}/hook", new_secret(), types,
-        created_at, deleted)
+        endpoint_id, workspace_id, url or f"http://127.0.0.1:{free_port()}/hook", new_secret(),
+        types, created_at, deleted)
     return endpoint_id
+
+
+async def _first_attempt(pool: asyncpg.Pool, endpoint: UUID, cfg: WebhookConfig
+                         ) -> str | None:
+    """Run a sender (with the HTTP client the finalizer builds for `cfg`) until it has
+    made its first attempt of `endpoint`'s delivery; that attempt's error (None if it
+    succeeded). The sender must still be running then."""
+    async with http_session(cfg) as http:
+        sender = asyncio.create_task(WebhookSender(pool, http, cfg).run())
+        try:
+            attempt = None
+            for _ in range(200):
+                attempt = await pool.fetchrow(
+                    "SELECT a.error FROM webhook_attempts a JOIN webhook_deliveries d"
+                    " ON d.id = a.delivery_id WHERE d.endpoint_id = $1", endpoint)
+                if attempt is not None:
+                    break
+                await asyncio.sleep(0.05)
+            assert attempt is not None
+            assert not sender.done()
+            return cast(str | None, attempt["error"])
+        finally:
+            await stop_task(sender)
 
 
 def _event(workspace_id: UUID, event_type: CompletedType, occurred_at: datetime
@@ -159,22 +191,52 @@ async def test_a_delivery_that_cannot_be_signed_fails_alone(
     async with pool.acquire() as conn:
         assert await record_deliveries(conn, [event], CFG) == 1
     cfg = WebhookConfig(allow_private=True, poll_interval=0.05, retry_base_seconds=60)
-    async with aiohttp.ClientSession() as http:
-        sender = asyncio.create_task(WebhookSender(pool, http, cfg).run())
-        try:
-            error = None
-            for _ in range(200):
-                error = await pool.fetchval(
-                    "SELECT a.error FROM webhook_attempts a JOIN webhook_deliveries d"
-                    " ON d.id = a.delivery_id WHERE d.endpoint_id = $1", endpoint)
-                if error is not None:
-                    break
-                await asyncio.sleep(0.05)
-            assert error is not None
-            assert error.startswith("internal error"), error
-            assert not sender.done()
-        finally:
-            await stop_task(sender)
+    error = await _first_attempt(pool, endpoint, cfg)
+    assert error is not None
+    assert error.startswith("internal error"), error
     state = await pool.fetchval(
         "SELECT state FROM webhook_deliveries WHERE endpoint_id = $1", endpoint)
     assert state == "pending"  # retried later, like any failed attempt
+
+
+async def test_a_host_that_resolves_to_loopback_when_connecting_is_refused(
+    pool: asyncpg.Pool, endpoints: list[UUID], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DNS rebinding: the host resolves to a public address when the sender checks its URL,
+    and to 127.0.0.1 (where a receiver listens) when the client connects. The client checks
+    the addresses it connects to, so nothing is posted to the receiver."""
+    received: list[bytes] = []
+
+    async def receive(request: web.Request) -> web.Response:
+        received.append(await request.read())
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_post("/hook", receive)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    answers = iter(["93.184.216.34"])  # the first answer public (example.com's), then not
+    real_getaddrinfo = socket.getaddrinfo
+
+    def rebinding(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host != "rebind.invalid":
+            return real_getaddrinfo(host, port, *args, **kwargs)
+        address = next(answers, "127.0.0.1")
+        return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "",
+                 (address, int(port or 0)))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    try:
+        ws = await _workspace(pool)
+        endpoint = await _endpoint(pool, endpoints, ws, types=[],
+                                   created_at=utcnow() - timedelta(minutes=1),
+                                   url=f"http://rebind.invalid:{server.port}/hook")
+        event = _event(ws, "video.ready", utcnow())
+        async with pool.acquire() as conn:
+            assert await record_deliveries(conn, [event], CFG) == 1
+        cfg = WebhookConfig(allow_private=False, poll_interval=0.05, retry_base_seconds=60)
+        error = await _first_attempt(pool, endpoint, cfg)
+    finally:
+        await server.close()
+    assert error == "refused: the host resolves to a non-public address (127.0.0.1)", error
+    assert received == []
