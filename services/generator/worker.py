@@ -280,6 +280,11 @@ class Worker:
             # or another process) when its lease runs out.
             log.warning("job %s: the database is unavailable (%r); left to its lease",
                         row["id"], exc)
+        except Exception:
+            # Recording the job's outcome failed (a bug): said here, where it happened,
+            # rather than by asyncio whenever the task is collected; left to its lease too.
+            log.exception("job %s: recording its outcome failed; left to its lease",
+                          row["id"])
 
     async def _drive_job(self, row: Any) -> None:
         spec = JobSpec.model_validate(row["spec"])

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
@@ -76,14 +77,14 @@ async def queue_job(pool: asyncpg.Pool, catalog_path: Path, *, deadline: float =
 def make_worker(pool: asyncpg.Pool, session: aiohttp.ClientSession, fake: ReplicateStandIn,
                 media: Path, *, max_attempts: int = 3, metrics: Metrics | None = None,
                 provider_concurrency: dict[str, int] | None = None, owner: str | None = None,
-                reclaim_on_start: bool = False) -> Worker:
+                reclaim_on_start: bool = False, lease_seconds: float = 5) -> Worker:
     provider = ReplicateProvider(session, base_url=fake.base_url, token=TOKEN,
                                  poll_interval=0.05, request_timeout=0.5, max_poll_failures=3,
                                  backoff_base=0.01, backoff_cap=0.05)
     return Worker(pool=pool, providers={"replicate": provider}, metrics=metrics,
                   media=LocalMediaStore(media, "http://media.test"),
                   cfg=WorkerConfig(owner=owner or f"test-{uuid4().hex[:6]}", concurrency=2,
-                                   lease_seconds=5, poll_interval=0.05,
+                                   lease_seconds=lease_seconds, poll_interval=0.05,
                                    max_attempts=max_attempts, retry_base_seconds=0.05,
                                    retry_cap_seconds=0.2, watch_interval=0.1,
                                    sweep_interval=0.1,
@@ -408,3 +409,33 @@ async def test_another_instance_waits_for_the_lease(
                       reclaim_on_start=True)
     assert (row["state"], row["attempts"]) == ("succeeded", 2)
     assert asyncio.get_running_loop().time() - started >= 1.5  # not before the lease ran out
+
+
+@pytest.mark.parametrize("retry_after", ["inf", "nan", "1e400", "-5", "soon",
+                                         "Wed, 21 Oct 2015 07:28:00 GMT"])
+async def test_a_retry_after_that_is_no_usable_wait_retries_with_the_backoff(
+    pool: asyncpg.Pool, standin: ReplicateStandIn, catalog_path: Path, tmp_path: Path,
+    retry_after: str
+) -> None:
+    """A throttled create whose Retry-After is no usable wait (not a finite, non-negative
+    number of seconds, or a date already past) retries after the worker's own backoff. An
+    infinite one used to fail the retry's write ("interval out of range"), which left the
+    job to its lease (30 s here, longer than `drive` waits)."""
+    standin.script = Script(submit=["429"], retry_after=retry_after)
+    job_id = await queue_job(pool, catalog_path)
+    row = await drive(pool, standin, job_id, tmp_path, timeout=20, lease_seconds=30)
+    assert (row["state"], row["attempts"], standin.create_calls) == ("succeeded", 2, 2)
+
+
+async def test_a_retry_after_date_is_waited_for(
+    pool: asyncpg.Pool, standin: ReplicateStandIn, catalog_path: Path, tmp_path: Path
+) -> None:
+    when = datetime.now(UTC) + timedelta(seconds=3)
+    standin.script = Script(submit=["429"], retry_after=format_datetime(when, usegmt=True))
+    job_id = await queue_job(pool, catalog_path)
+    row = await drive(pool, standin, job_id, tmp_path)
+    assert (row["state"], row["attempts"]) == ("succeeded", 2)
+    # The prediction was created after the date (whole seconds: the header has none finer).
+    [prediction] = standin.predictions.values()
+    created = datetime.fromisoformat(prediction["created_at"].replace("Z", "+00:00"))
+    assert created >= when.replace(microsecond=0)

@@ -11,7 +11,7 @@ from uuid import uuid4
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
-from services.generator.providers.base import ProviderError
+from services.generator.providers.base import MAX_RETRY_AFTER, ProviderError
 from shared.events import GenerationEvent, JobError, JobSpec, VideoJobQueued, VideoRequested
 
 GENERATED: TypeAdapter[Any] = TypeAdapter(GenerationEvent)
@@ -78,3 +78,16 @@ def test_a_providers_nul_becomes_a_replacement_character() -> None:
     exc = ProviderError("bad\x00code", "it\x00failed", retryable=False)
     error = JobError(code=exc.code, message=exc.message, retryable=exc.retryable)
     assert (error.code, error.message) == ("bad\ufffdcode", "it\ufffdfailed")
+
+
+@pytest.mark.parametrize(("given", "kept"), [
+    (None, None), (0.0, 0.0), (2.5, 2.5), (-1.0, None), (float("nan"), None),
+    (float("inf"), None), (1e9, MAX_RETRY_AFTER),
+])
+def test_a_providers_retry_after_is_a_usable_wait_or_none(
+    given: float | None, kept: float | None
+) -> None:
+    """The job's retry is stored as `now() + retry_after` seconds, which an infinite wait
+    overflows; a NaN or negative one is no wait at all."""
+    assert ProviderError("provider_rate_limited", "slow down", retryable=True,
+                         retry_after=given).retry_after == kept

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import abc
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from shared.events import JobSpec
 
+#: The longest a provider's Retry-After may put a retry off (a job's deadline may end it
+#: sooner).
+MAX_RETRY_AFTER = 3600.0
+
 
 class ProviderError(Exception):
-    """A provider failure with a stable code; `retryable` says whether trying again helps."""
+    """A provider failure with a stable code; `retryable` says whether trying again helps;
+    `retry_after`, the provider's wait in seconds, if it gave a usable one (finite, not
+    negative; at most `MAX_RETRY_AFTER`)."""
 
     def __init__(self, code: str, message: str, *, retryable: bool,
                  retry_after: float | None = None, resubmit: bool = False) -> None:
@@ -20,7 +27,9 @@ class ProviderError(Exception):
         self.code = code
         self.message = message
         self.retryable = retryable
-        self.retry_after = retry_after
+        self.retry_after: float | None = None
+        if retry_after is not None and math.isfinite(retry_after) and retry_after >= 0:
+            self.retry_after = min(retry_after, MAX_RETRY_AFTER)
         #: The provider's job is over (failed, expired output): a retry must submit anew.
         self.resubmit = resubmit
 

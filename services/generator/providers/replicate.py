@@ -23,7 +23,8 @@ import contextlib
 import json
 import random
 import re
-from datetime import datetime
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +38,22 @@ _RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
 
 def _retry_after(resp: aiohttp.ClientResponse) -> float | None:
+    """Retry-After (RFC 9110): seconds, or an HTTP date; None if absent or neither (and
+    `ProviderError` drops a number that is no usable wait: infinite, NaN, negative)."""
     value = resp.headers.get("Retry-After")
     if value is None:
         return None
     try:
-        return max(0.0, float(value))
+        return float(value)
     except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
         return None
+    if when.tzinfo is None:  # "-0000": UTC, as HTTP dates are
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 class ReplicateProvider(Provider):
