@@ -21,7 +21,7 @@ from services.api import repository as api_repo
 from services.generator.consumer import accept_jobs
 from services.generator.media import LocalMediaStore, probe
 from services.generator.metrics import Metrics
-from services.generator.providers.replicate import ReplicateProvider
+from services.generator.providers.replicate import MAX_OUTPUT_BYTES, ReplicateProvider
 from services.generator.worker import Worker, WorkerConfig
 from shared.catalog import Catalog
 from shared.db import one
@@ -77,10 +77,12 @@ async def queue_job(pool: asyncpg.Pool, catalog_path: Path, *, deadline: float =
 def make_worker(pool: asyncpg.Pool, session: aiohttp.ClientSession, fake: ReplicateStandIn,
                 media: Path, *, max_attempts: int = 3, metrics: Metrics | None = None,
                 provider_concurrency: dict[str, int] | None = None, owner: str | None = None,
-                reclaim_on_start: bool = False, lease_seconds: float = 5) -> Worker:
+                reclaim_on_start: bool = False, lease_seconds: float = 5,
+                max_output_bytes: int = MAX_OUTPUT_BYTES) -> Worker:
     provider = ReplicateProvider(session, base_url=fake.base_url, token=TOKEN,
                                  poll_interval=0.05, request_timeout=0.5, max_poll_failures=3,
-                                 backoff_base=0.01, backoff_cap=0.05)
+                                 backoff_base=0.01, backoff_cap=0.05,
+                                 max_output_bytes=max_output_bytes)
     return Worker(pool=pool, providers={"replicate": provider}, metrics=metrics,
                   media=LocalMediaStore(media, "http://media.test"),
                   cfg=WorkerConfig(owner=owner or f"test-{uuid4().hex[:6]}", concurrency=2,
@@ -229,6 +231,21 @@ async def test_output_of_the_wrong_size_is_a_failure_not_a_success(
     assert (row["state"], row["error"]["code"]) == ("failed", "bad_output")
     assert "96x172" in row["error"]["message"]
     assert not list(tmp_path.rglob("*.mp4"))  # nothing reached the media store
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+async def test_an_output_larger_than_the_limit_is_refused_while_downloading(
+    pool: asyncpg.Pool, standin: ReplicateStandIn, catalog_path: Path, tmp_path: Path,
+    chunked: bool
+) -> None:
+    """Announced by its Content-Length or not, an output past the limit fails the job
+    (not retried: the provider made it so) and nothing of it is kept."""
+    standin.script = Script(chunked_output=chunked)
+    job_id = await queue_job(pool, catalog_path)
+    row = await drive(pool, standin, job_id, tmp_path, max_output_bytes=1000)
+    assert (row["state"], row["attempts"], row["error"]["code"]) == ("failed", 1, "bad_output")
+    assert row["error"]["message"] == "the output is larger than 1000 bytes"
+    assert not list(tmp_path.rglob("*.mp4"))
 
 
 async def test_safety_refusal_fails_at_once(

@@ -33,6 +33,8 @@ class Script:
     retry_after: str = "1"
     #: render outputs at this short side instead of the requested one
     wrong_short_side: int | None = None
+    #: serve outputs chunked, without a Content-Length
+    chunked_output: bool = False
     #: after the lists run out, this share of submits and polls fails with a random fault
     fail_rate: float = 0.0
     rng: random.Random = field(default_factory=lambda: random.Random(7))
@@ -173,4 +175,13 @@ class ReplicateStandIn:
         path = self._files / request.match_info["name"]
         if not path.exists():
             return web.Response(status=404, text="expired")
-        return web.FileResponse(path)
+        if not self.script.chunked_output:
+            return web.FileResponse(path)
+        response = web.StreamResponse()
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        data = path.read_bytes()
+        for start in range(0, len(data), 4096):
+            await response.write(data[start:start + 4096])
+        await response.write_eof()
+        return response

@@ -35,6 +35,9 @@ from shared.events import JobSpec
 
 _SAFETY = re.compile(r"nsfw|safety|flagged|content policy|moderation|sensitive", re.I)
 _RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+#: A short video is tens of megabytes; an output past this is a provider's fault, and is
+#: refused before it fills the disk.
+MAX_OUTPUT_BYTES = 512 * 1024 * 1024
 
 
 def _retry_after(resp: aiohttp.ClientResponse) -> float | None:
@@ -63,6 +66,7 @@ class ReplicateProvider(Provider):
         self, session: aiohttp.ClientSession, *, base_url: str, token: str,
         poll_interval: float = 2.0, request_timeout: float = 15.0,
         max_poll_failures: int = 5, backoff_base: float = 0.5, backoff_cap: float = 30.0,
+        max_output_bytes: int = MAX_OUTPUT_BYTES,
     ) -> None:
         self._session = session
         self._base = base_url.rstrip("/")
@@ -72,6 +76,7 @@ class ReplicateProvider(Provider):
         self._max_poll_failures = max_poll_failures
         self._backoff_base = backoff_base
         self._backoff_cap = backoff_cap
+        self._max_output_bytes = max_output_bytes
 
     # --- protocol ----------------------------------------------------------------------
 
@@ -208,8 +213,17 @@ class ReplicateProvider(Provider):
                 if resp.status >= 400:
                     raise ProviderError("output_unavailable", f"output: HTTP {resp.status}",
                                         retryable=True, retry_after=_retry_after(resp))
+                too_large = ProviderError(
+                    "bad_output", f"the output is larger than {self._max_output_bytes} bytes",
+                    retryable=False)
+                if (resp.content_length or 0) > self._max_output_bytes:
+                    raise too_large
+                written = 0
                 with target.open("wb") as out:
                     async for chunk in resp.content.iter_chunked(1 << 16):
+                        written += len(chunk)
+                        if written > self._max_output_bytes:  # a length it did not announce
+                            raise too_large
                         out.write(chunk)
         except ProviderError:
             raise
