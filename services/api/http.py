@@ -60,6 +60,20 @@ async def body_of(request: web.Request, model: type[M]) -> M:
     return parse(model, await read_json(request))
 
 
+def query_of(request: web.Request, model: type[M]) -> M:
+    """The query string validated into `model`; a parameter given twice is an error (of
+    `?status=ready&status=approved`, one would silently be dropped)."""
+    repeated = [FieldError(field=name, message="given more than once")
+                for name in dict.fromkeys(request.query) if len(request.query.getall(name)) > 1]
+    try:
+        parsed = parse(model, dict(request.query))
+    except RequestInvalid as exc:
+        raise RequestInvalid(repeated + exc.errors) from None
+    if repeated:
+        raise RequestInvalid(repeated)
+    return parsed
+
+
 def uuid_param(request: web.Request, name: str = "id") -> UUID:
     try:
         return UUID(request.match_info[name])

@@ -111,6 +111,11 @@ class ModelList(BaseModel):
     items: list[ModelInfo]
 
 
+class CreateQuery(Strict):
+    dry_run: bool = Field(default=False, description="judge, quote and give scene feedback; "
+                          "store nothing (true/false, 1/0, yes/no)")
+
+
 class VideoQuery(Strict):
     status: VideoStatus | None = None
     character_id: UUID | None = None

@@ -11,11 +11,18 @@ from uuid import UUID
 from aiohttp import web
 
 from services.api import handlers, idempotency
-from services.api.http import body_of, ok, parse, read_json, uuid_param
+from services.api.http import body_of, ok, query_of, read_json, uuid_param
 from services.api.keys import DEPS, POOL, SETTINGS, VIDEO_WRITER, workspace_of
 from services.api.openapi import operation
 from services.api.problems import problem
-from services.api.schemas import DryRun, ReviewIn, VideoList, VideoQuery, VideoRequest
+from services.api.schemas import (
+    CreateQuery,
+    DryRun,
+    ReviewIn,
+    VideoList,
+    VideoQuery,
+    VideoRequest,
+)
 from services.api.validation import RequestInvalid
 from shared.events import FINAL_STATUSES, FieldError, VideoResource
 from shared.videos import fetch_video, list_videos
@@ -35,16 +42,19 @@ def _accepted(resource: VideoResource, replayed: bool = False) -> web.Response:
     summary="Request a video (202: the content item and job exist); ?dry_run=true judges, "
     "quotes and gives scene feedback without storing anything",
     responses={202: VideoResource, 200: DryRun, 402: None, 409: None},
-    body=VideoRequest, query=None, tags=("videos",),
+    body=VideoRequest, query=CreateQuery, tags=("videos",),
     headers={"Idempotency-Key": "1 to 255 printable characters, kept 24 hours: the same key "
              "and body returns the first response; another body 422; while the first is in "
              "flight 409"},
 )
 async def create_video(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
+    # A dry run that is not understood must not create a video and spend credits: an
+    # unknown parameter (`dryrun`) or value (`dry_run=maybe`) is a 422.
+    query = query_of(request, CreateQuery)
     body = await read_json(request)
     valid = handlers.judge(body, deps.catalog)
-    if request.query.get("dry_run") in ("true", "1"):
+    if query.dry_run:
         return ok(DryRun.model_validate(handlers.dry_run(valid)))
     workspace = workspace_of(request)
     writer = request.app[VIDEO_WRITER]
@@ -118,7 +128,7 @@ def _instant(value: datetime | date, end: bool) -> datetime:
 @operation(summary="The workspace's videos, newest first, with a cursor stable under inserts",
            responses={200: VideoList}, query=VideoQuery, tags=("videos",))
 async def list_(request: web.Request) -> web.Response:
-    q = parse(VideoQuery, dict(request.query))
+    q = query_of(request, VideoQuery)
     where = ["v.workspace_id = $1"]
     args: list[Any] = [workspace_of(request).id]
 

@@ -227,6 +227,49 @@ async def test_dry_run_quotes_and_stores_nothing(client: Client, pool: asyncpg.P
     assert await counts(pool, ws["id"]) == before
 
 
+@pytest.mark.parametrize("query", ["dry_run=True", "dry_run=1", "dry_run=yes", "dry_run=TRUE"])
+async def test_dry_run_in_the_spellings_clients_send(client: Client, pool: asyncpg.Pool,
+                                                     query: str) -> None:
+    """`params={"dry_run": True}` in Python's HTTP clients sends `True`: it used to create
+    the video and reserve its credits."""
+    ws = await client.workspace()
+    cid = await client.character(ws["api_key"])
+    before = await counts(pool, ws["id"])
+    status, result, _ = await client.call("POST", f"/v1/videos?{query}", ws["api_key"], {
+        "character_id": cid, "scene_description": SCENE})
+    assert (status, result["valid"]) == (200, True)
+    assert await counts(pool, ws["id"]) == before
+
+
+@pytest.mark.parametrize(("query", "errors"), [
+    ("dry_run=maybe", [("dry_run", "Input should be a valid boolean, unable to interpret "
+                                   "input")]),
+    ("dryrun=true", [("dryrun", "unknown field")]),
+    ("dry_run=true&dry_run=false", [("dry_run", "given more than once")]),
+    ("dry_run=1&dry_run=1&x=1", [("dry_run", "given more than once"), ("x", "unknown field")]),
+])
+async def test_a_query_not_understood_creates_nothing(client: Client, pool: asyncpg.Pool,
+                                                      query: str,
+                                                      errors: list[tuple[str, str]]) -> None:
+    ws = await client.workspace()
+    cid = await client.character(ws["api_key"])
+    before = await counts(pool, ws["id"])
+    status, problem, _ = await client.call("POST", f"/v1/videos?{query}", ws["api_key"], {
+        "character_id": cid, "scene_description": SCENE})
+    assert status == 422
+    assert [(e["field"], e["message"]) for e in problem["errors"]] == errors
+    assert await counts(pool, ws["id"]) == before
+
+
+async def test_a_list_filter_given_twice_is_refused(client: Client) -> None:
+    ws = await client.workspace()
+    status, problem, _ = await client.call(
+        "GET", "/v1/videos?status=ready&status=approved&limit=500", ws["api_key"])
+    assert status == 422
+    assert [e["field"] for e in problem["errors"]] == ["status", "limit"]
+    assert problem["errors"][0]["message"] == "given more than once"
+
+
 async def test_idempotency_key_replays_refuses_and_blocks(client: Client,
                                                           pool: asyncpg.Pool) -> None:
     ws = await client.workspace()
