@@ -70,10 +70,16 @@ def check_url(url: str, *, allow_private: bool) -> None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UrlRefused("must be an http or https URL with a host")
+    try:
+        port = parts.port  # None if not given
+    except ValueError:  # not a number, or past 65535
+        port = 0
+    if port == 0:
+        raise UrlRefused("the port must be a number from 1 to 65535")
     if allow_private:
         return
     try:
-        infos = socket.getaddrinfo(parts.hostname, parts.port or 443, proto=socket.IPPROTO_TCP)
+        infos = socket.getaddrinfo(parts.hostname, port or 443, proto=socket.IPPROTO_TCP)
     except socket.gaierror as exc:
         raise UrlRefused(f"the host does not resolve: {exc}") from None
     for info in infos:

@@ -459,6 +459,18 @@ async def test_webhooks_to_private_addresses_are_refused(client: Client, url: st
     assert "non-public" in problem["errors"][0]["message"]
 
 
+@pytest.mark.parametrize("url", ["http://127.0.0.1:99999/hook", "http://127.0.0.1:0/hook",
+                                 "http://127.0.0.1:x/hook"])
+async def test_webhooks_with_no_usable_port_are_refused(client: Client, url: str) -> None:
+    """Checked before the address (and so also where private addresses are allowed): a port
+    past 65535 was a 500."""
+    ws = await client.workspace()
+    status, problem, _ = await client.call("POST", "/v1/webhooks", ws["api_key"], {"url": url})
+    assert status == 422
+    assert problem["errors"] == [{"field": "url",
+                                  "message": "the port must be a number from 1 to 65535"}]
+
+
 async def test_metrics_count_requests_by_route(client: Client) -> None:
     ws = await client.workspace()
     await client.call("GET", "/v1/credits", ws["api_key"])
