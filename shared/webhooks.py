@@ -14,7 +14,8 @@ import hmac
 import ipaddress
 import secrets
 import socket
-from urllib.parse import urlsplit
+
+from shared.urls import split_http_url
 
 SECRET_PREFIX = "whsec_"
 
@@ -67,19 +68,13 @@ def check_url(url: str, *, allow_private: bool) -> None:
     and again before each delivery, for a clear reason; the finalizer's HTTP client also
     checks the addresses it connects to (`services.finalizer.webhooks.PublicResolver`),
     since DNS can answer differently a moment later."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UrlRefused("must be an http or https URL with a host")
-    try:
-        port = parts.port  # None if not given
-    except ValueError:  # not a number, or past 65535
-        port = 0
-    if port == 0:
-        raise UrlRefused("the port must be a number from 1 to 65535")
+    if isinstance(split := split_http_url(url), str):
+        raise UrlRefused(split)
+    host, port = split
     if allow_private:
         return
     try:
-        infos = socket.getaddrinfo(parts.hostname, port or 443, proto=socket.IPPROTO_TCP)
+        infos = socket.getaddrinfo(host, port or 443, proto=socket.IPPROTO_TCP)
     except socket.gaierror as exc:
         raise UrlRefused(f"the host does not resolve: {exc}") from None
     for info in infos:

@@ -252,8 +252,7 @@ async def get_character(request: web.Request) -> web.Response:
 async def patch_character(request: web.Request) -> web.Response:
     character_id = uuid_param(request)
     data = await body_of(request, CharacterPatch)
-    changes = {k: v for k, v in data.model_dump(exclude_unset=True).items()
-               if v is not None or k == "reference_image_url"}
+    changes = data.model_dump(exclude_unset=True)
     async with request.app[POOL].acquire() as conn:
         row = await repo.update_character(conn, id=character_id,
                                           workspace_id=workspace_of(request).id, changes=changes)

@@ -4,10 +4,10 @@ and `/openapi.json` is generated from them, so the document cannot drift from th
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from services.api.validation import OUT_OF_RANGE, VideoRequest
 from shared.events import (
@@ -21,6 +21,7 @@ from shared.events import (
     VideoResource,
     VideoStatus,
 )
+from shared.urls import http_url
 
 __all__ = ["VideoRequest", "VideoResource"]
 
@@ -29,8 +30,21 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _not_blank(value: str) -> str:
+    value = value.strip()
+    if not value:
+        raise ValueError("must not be blank")
+    return value
+
+
+#: A name or reason: stored without surrounding whitespace, and not only whitespace.
+Name = Annotated[Text, AfterValidator(_not_blank)]
+#: A URL someone will fetch: http(s), with a host and a usable port.
+HttpUrl = Annotated[Text, Field(max_length=2000), AfterValidator(http_url)]
+
+
 class WorkspaceIn(Strict):
-    name: Text = Field(min_length=1, max_length=200)
+    name: Name = Field(max_length=200)
     credits: int = Field(default=0, ge=0, le=1_000_000_000)
     sandbox: bool = False
 
@@ -45,19 +59,28 @@ class WorkspaceCreated(BaseModel):
 
 class CreditsIn(Strict):
     amount: int = Field(gt=0, le=1_000_000_000)
-    reason: Text = Field(min_length=1, max_length=500)
+    reason: Name = Field(max_length=500)
 
 
 class CharacterIn(Strict):
-    name: Text = Field(min_length=1, max_length=200)
+    name: Name = Field(max_length=200)
     review_mode: ReviewMode = "manual"
-    reference_image_url: Text | None = Field(default=None, max_length=2000)
+    reference_image_url: HttpUrl | None = None
 
 
 class CharacterPatch(Strict):
-    name: Text | None = Field(default=None, min_length=1, max_length=200)
+    """The fields given are changed; `reference_image_url: null` removes the image."""
+
+    name: Name | None = Field(default=None, max_length=200)
     review_mode: ReviewMode | None = None
-    reference_image_url: Text | None = Field(default=None, max_length=2000)
+    reference_image_url: HttpUrl | None = None
+
+    @field_validator("name", "review_mode")
+    @classmethod
+    def _not_null(cls, value: str | None) -> str:
+        if value is None:  # only when given: a default is not validated
+            raise ValueError("must not be null (leave it out to keep it)")
+        return value
 
 
 class Character(BaseModel):

@@ -383,6 +383,45 @@ async def test_characters_can_be_edited(client: Client) -> None:
     assert status == 422
     _, listed, _ = await client.call("GET", "/v1/characters", ws["api_key"])
     assert [c["id"] for c in listed["items"]] == [cid]
+    # A reference image is set and removed; a null name or review mode is refused, not
+    # taken as "unchanged".
+    image = "https://cdn.example.com/mila.png"
+    for change, expected in [({"reference_image_url": image}, image),
+                             ({"reference_image_url": None}, None)]:
+        status, ch, _ = await client.call("PATCH", f"/v1/characters/{cid}", ws["api_key"],
+                                          change)
+        assert (status, ch["reference_image_url"]) == (200, expected)
+    status, problem, _ = await client.call("PATCH", f"/v1/characters/{cid}", ws["api_key"],
+                                           {"name": None, "review_mode": None})
+    assert status == 422
+    assert [(e["field"], e["message"]) for e in problem["errors"]] == [
+        ("name", "must not be null (leave it out to keep it)"),
+        ("review_mode", "must not be null (leave it out to keep it)")]
+
+
+@pytest.mark.parametrize(("path", "data", "field", "message"), [
+    ("/v1/characters", {"name": "  "}, "name", "must not be blank"),
+    ("/v1/characters", {"name": "Ann", "reference_image_url": "javascript:alert(1)"},
+     "reference_image_url", "must be an http or https URL with a host"),
+    ("/v1/characters", {"name": "Ann", "reference_image_url": "https://cdn.example.com:99999/a"},
+     "reference_image_url", "the port must be a number from 1 to 65535"),
+    ("/v1/characters", {"name": "Ann", "reference_image_url": "http://[::1/a.png"},
+     "reference_image_url", "is not a URL (Invalid IPv6 URL)"),
+    ("/v1/webhooks", {"url": "http://[::1/hook"}, "url", "is not a URL (Invalid IPv6 URL)"),
+    ("/v1/admin/workspaces", {"name": "\t "}, "name", "must not be blank"),
+    ("/v1/admin/workspaces/{ws}/credits", {"amount": 5, "reason": " "}, "reason",
+     "must not be blank"),
+])
+async def test_blank_names_and_urls_nobody_can_fetch_are_refused(
+    client: Client, path: str, data: dict[str, Any], field: str, message: str
+) -> None:
+    """A name of spaces was stored as given; a reference image `javascript:` URL too; an
+    unclosed IPv6 bracket in a webhook URL was a 500."""
+    ws = await client.workspace()
+    auth = ADMIN if path.startswith("/v1/admin") else ws["api_key"]
+    status, problem, _ = await client.call("POST", path.format(ws=ws["id"]), auth, data)
+    assert status == 422, problem
+    assert problem["errors"] == [{"field": field, "message": message}]
 
 
 async def test_a_nul_character_in_any_body_is_a_422_naming_the_field(client: Client) -> None:
