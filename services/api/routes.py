@@ -122,6 +122,8 @@ async def _errors_and_auth(request: web.Request, handler: Handler) -> web.Stream
         return problem(405, "Method not allowed", headers={"Allow": ",".join(exc.allowed_methods)})
     except web.HTTPNotFound:
         return problem(404, "Not found")
+    except web.HTTPClientError as exc:  # aiohttp's own, such as 403 for a media directory
+        return problem(exc.status, exc.reason)
 
 
 # --- health and documents ---------------------------------------------------------------

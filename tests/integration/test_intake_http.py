@@ -48,6 +48,17 @@ async def test_keys_and_tokens_are_required(client: Client) -> None:
     assert status == 200
 
 
+@pytest.mark.parametrize("path", ["/media/", "/static/"])
+async def test_a_directory_of_files_is_a_problem_document_too(client: Client,
+                                                              path: str) -> None:
+    """aiohttp's static routes refuse to list a directory (403) with a plain-text answer.
+    (A missing file is aiohttp's 404 without a body, left as it is: see the README.)"""
+    status, problem, headers = await client.call("GET", path, None)
+    assert status == 403
+    assert headers["Content-Type"].startswith("application/problem+json")
+    assert (problem["status"], problem["title"]) == (403, "Forbidden")
+
+
 async def test_api_keys_are_stored_hashed(client: Client, pool: asyncpg.Pool) -> None:
     ws = await client.workspace()
     stored = await pool.fetchval("SELECT api_key_hash FROM workspaces WHERE id = $1",
