@@ -25,11 +25,13 @@ from shared.events import FieldError
 from shared.webhooks import UrlRefused, check_url, new_secret
 
 routes = web.RouteTableDef()
+#: Endpoints per workspace: every completion event is a delivery to each of them.
+MAX_ENDPOINTS = 16
 
 
 @routes.post("/v1/webhooks")
 @operation(summary="Register an endpoint for completion events (signed, Standard Webhooks)",
-           responses={201: WebhookCreated}, body=WebhookIn, tags=("webhooks",))
+           responses={201: WebhookCreated, 409: None}, body=WebhookIn, tags=("webhooks",))
 async def create_webhook(request: web.Request) -> web.Response:
     data = await body_of(request, WebhookIn)
     allow = request.app[SETTINGS].webhook_allow_private
@@ -37,10 +39,22 @@ async def create_webhook(request: web.Request) -> web.Response:
         await asyncio.to_thread(check_url, data.url, allow_private=allow)
     except UrlRefused as exc:
         raise RequestInvalid([FieldError(field="url", message=str(exc))]) from None
-    row = await request.app[POOL].fetchrow(
-        "INSERT INTO webhook_endpoints (id, workspace_id, url, secret, event_types)"
-        " VALUES ($1, $2, $3, $4, $5) RETURNING *",
-        uuid4(), workspace_of(request).id, data.url, new_secret(), list(data.event_types))
+    workspace_id = workspace_of(request).id
+    async with request.app[POOL].acquire() as conn, conn.transaction():
+        # Counted under a lock of the workspace's endpoints (not its row, which every video
+        # updates), so that concurrent registrations cannot pass the limit together.
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))",
+                           f"webhook_endpoints:{workspace_id}")
+        count = await conn.fetchval(
+            "SELECT count(*) FROM webhook_endpoints WHERE workspace_id = $1"
+            " AND deleted_at IS NULL", workspace_id)
+        if count >= MAX_ENDPOINTS:
+            raise handlers.Conflict(f"a workspace may have at most {MAX_ENDPOINTS} webhook "
+                                    "endpoints; delete one first")
+        row = await conn.fetchrow(
+            "INSERT INTO webhook_endpoints (id, workspace_id, url, secret, event_types)"
+            " VALUES ($1, $2, $3, $4, $5) RETURNING *",
+            uuid4(), workspace_id, data.url, new_secret(), list(data.event_types))
     assert row is not None
     return ok(WebhookCreated.model_validate(dict(row)), 201,
               {"Location": f"/v1/webhooks/{row['id']}"})

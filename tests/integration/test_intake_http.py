@@ -14,6 +14,7 @@ import pytest
 
 from devstack.proc import free_port
 from services.api import idempotency
+from services.api.webhook_routes import MAX_ENDPOINTS
 from tests.infra import Infra
 from tests.integration.conftest import ADMIN, Client, serving_api
 
@@ -519,6 +520,32 @@ async def test_webhooks_with_no_usable_port_are_refused(client: Client, url: str
     assert status == 422
     assert problem["errors"] == [{"field": "url",
                                   "message": "the port must be a number from 1 to 65535"}]
+
+
+async def test_a_workspace_has_at_most_sixteen_webhook_endpoints(client: Client) -> None:
+    """Each endpoint gets a delivery of every completion event; registrations at once
+    cannot pass the limit together. (A public address by IP: no DNS is needed, and the
+    workspace completes no video, so nothing is ever sent to it.)"""
+    ws = await client.workspace()
+    key = ws["api_key"]
+
+    async def register() -> tuple[int, Any]:
+        status, body, _ = await client.call("POST", "/v1/webhooks", key,
+                                            {"url": "https://93.184.216.34/hook"})
+        return status, body
+
+    first = [await register() for _ in range(MAX_ENDPOINTS - 2)]
+    assert {status for status, _ in first} == {201}
+    racing = await asyncio.gather(*(register() for _ in range(6)))
+    assert sorted(status for status, _ in racing) == [201, 201, 409, 409, 409, 409]
+    refused = next(body for status, body in racing if status == 409)
+    assert refused["detail"] == ("a workspace may have at most 16 webhook endpoints; "
+                                 "delete one first")
+    _, listed, _ = await client.call("GET", "/v1/webhooks", key)
+    assert len(listed["items"]) == MAX_ENDPOINTS
+    status, _, _ = await client.call("DELETE", f"/v1/webhooks/{first[0][1]['id']}", key)
+    assert status == 204
+    assert (await register())[0] == 201
 
 
 async def test_metrics_count_requests_by_route(client: Client) -> None:
