@@ -240,3 +240,8 @@ class DeadLetter(BaseModel):
     reason: str
     original_key_b64: str | None
     original_value_b64: str
+    #: the original value's length in bytes; past `shared.kafka.MAX_DEAD_ORIGINAL` only its
+    #: beginning is kept (and past `MAX_DEAD_KEY`, the key's), so that the letter itself
+    #: fits in a Kafka record
+    original_size: int
+    original_truncated: bool = False

@@ -114,6 +114,13 @@ async def read_until(
     return records
 
 
+#: How much of a message the DLQ keeps: its records must stay well inside Kafka's 1 MiB
+#: (base64 adds a third): a dead letter that cannot be published would stall the consumer
+#: that writes it, at that message, for good.
+MAX_DEAD_ORIGINAL = 256 * 1024
+MAX_DEAD_KEY = 1024
+
+
 def dead_letter(
     *,
     consumer: str,
@@ -130,15 +137,21 @@ def dead_letter(
         partition=partition,
         offset=offset,
         reason=reason[:2000],
-        original_key_b64=base64.b64encode(key).decode() if key is not None else None,
-        original_value_b64=base64.b64encode(value).decode(),
+        original_key_b64=base64.b64encode(key[:MAX_DEAD_KEY]).decode() if key is not None
+        else None,
+        original_value_b64=base64.b64encode(value[:MAX_DEAD_ORIGINAL]).decode(),
+        original_size=len(value),
+        original_truncated=len(value) > MAX_DEAD_ORIGINAL
+        or (key is not None and len(key) > MAX_DEAD_KEY),
     )
 
 
 async def publish_dead_letter(broker: KafkaBroker, letter: DeadLetter, key: bytes | None) -> None:
-    """Publish to the DLQ and wait for the broker's acknowledgement."""
+    """Publish to the DLQ (keyed by the original key's first `MAX_DEAD_KEY` bytes) and wait
+    for the broker's acknowledgement."""
     log.warning(
         "dead-lettering %s[%d]@%d: %s",
         letter.source_topic, letter.partition, letter.offset, letter.reason,
     )
-    await broker.publish(letter.model_dump_json().encode(), TOPIC_DLQ, key=key)
+    await broker.publish(letter.model_dump_json().encode(), TOPIC_DLQ,
+                         key=key[:MAX_DEAD_KEY] if key is not None else None)

@@ -3,6 +3,7 @@ the DLQ instead of failing its write at every redelivery (and stalling its parti
 
 from __future__ import annotations
 
+import base64
 import json
 from datetime import UTC, datetime
 from typing import Any
@@ -13,6 +14,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from services.generator.providers.base import MAX_RETRY_AFTER, ProviderError
 from shared.events import GenerationEvent, JobError, JobSpec, VideoJobQueued, VideoRequested
+from shared.kafka import MAX_DEAD_KEY, MAX_DEAD_ORIGINAL, dead_letter
 
 GENERATED: TypeAdapter[Any] = TypeAdapter(GenerationEvent)
 
@@ -91,3 +93,17 @@ def test_a_providers_retry_after_is_a_usable_wait_or_none(
     overflows; a NaN or negative one is no wait at all."""
     assert ProviderError("provider_rate_limited", "slow down", retryable=True,
                          retry_after=given).retry_after == kept
+
+
+def test_a_dead_letter_keeps_the_beginning_of_a_message_too_large_to_carry() -> None:
+    """The DLQ's record must fit where the message came from (1 MiB); base64 adds a third."""
+    letter = dead_letter(consumer="api", topic="t", partition=0, offset=1,
+                         key=b"k" * 5000, value=b"v" * 900_000, reason="r")
+    assert len(letter.model_dump_json()) < 512 * 1024
+    assert base64.b64decode(letter.original_value_b64) == b"v" * MAX_DEAD_ORIGINAL
+    assert base64.b64decode(letter.original_key_b64 or "") == b"k" * MAX_DEAD_KEY
+    assert (letter.original_size, letter.original_truncated) == (900_000, True)
+    small = dead_letter(consumer="api", topic="t", partition=0, offset=1, key=None,
+                        value=b"{", reason="r")
+    assert (small.original_value_b64, small.original_size, small.original_truncated) == (
+        "ew==", 1, False)
