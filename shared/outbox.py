@@ -25,6 +25,11 @@ and deletes them once Kafka has acknowledged them. The relay leaves eager rows a
 deleted them, or Kafka was away): an event may then reach Kafka twice, with the same
 `event_id`, which consumers' inboxes absorb; none is lost. A row of the relay's own waits
 for the eager rows before it with the same topic and key, so a key's order holds.
+
+A row Kafka refuses for good (a record larger than it accepts: the producer's
+`max_request_size` or the broker's `message.max.bytes`) is moved to `outbox_dead` with the
+reason and logged as an error; the publisher leaves it to the relay. Otherwise the relay
+would fail its session on that row again and again, and no row after it would go out.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from typing import Any, NamedTuple
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import MessageSizeTooLargeError, RecordTooLargeError
 from pydantic import BaseModel
 
 from shared.db import DATABASE_ERRORS, Conn
@@ -52,6 +58,8 @@ RELAY_LOCK = 7_201_002
 #: costs one connection attempt, and every second of wait adds to the recovery afterwards.
 MAX_RETRY_DELAY = 2.0
 OUTBOX_ID_HEADER = "outbox-id"
+#: What Kafka answers a record it will never take: sending it again cannot help.
+UNPUBLISHABLE = (MessageSizeTooLargeError, RecordTooLargeError)
 
 
 async def enqueue(conn: Conn, *, topic: str, key: str, event: BaseModel) -> None:
@@ -179,9 +187,13 @@ class Publisher:
                 self._wake.clear()
                 rows, self._queue = self._queue, []
                 for row in rows:
-                    sent = await producer.send(
-                        row.topic, value=row.payload, key=row.key.encode(),
-                        headers=[(OUTBOX_ID_HEADER, str(row.id).encode())])
+                    try:
+                        sent = await producer.send(
+                            row.topic, value=row.payload, key=row.key.encode(),
+                            headers=[(OUTBOX_ID_HEADER, str(row.id).encode())])
+                    except UNPUBLISHABLE:
+                        self.dropped += 1  # the relay moves it aside
+                        continue
                     self._in_flight += 1
                     sent.add_done_callback(functools.partial(self._sent, row.id))
                 if deleter.done():
@@ -304,17 +316,32 @@ class OutboxRelay:
             if not rows:
                 await wait_event(self._wake, self._poll_interval)
                 continue
-            sent = [
-                await producer.send(
-                    row["topic"],
-                    value=bytes(row["payload"]),
-                    key=row["key"].encode(),
-                    headers=[(OUTBOX_ID_HEADER, str(row["id"]).encode())],
-                )
-                for row in rows
-            ]
-            await asyncio.gather(*sent)
-            published = [row["id"] for row in rows]
+            dead: dict[int, str] = {}
+            sending: list[tuple[int, asyncio.Future[Any]]] = []
+            for row in rows:
+                try:
+                    sending.append((row["id"], await producer.send(
+                        row["topic"],
+                        value=bytes(row["payload"]),
+                        key=row["key"].encode(),
+                        headers=[(OUTBOX_ID_HEADER, str(row["id"]).encode())],
+                    )))
+                except UNPUBLISHABLE as exc:
+                    dead[row["id"]] = repr(exc)
+            results = await asyncio.gather(*(sent for _, sent in sending),
+                                           return_exceptions=True)
+            failed: BaseException | None = None
+            for (row_id, _), result in zip(sending, results, strict=True):
+                if isinstance(result, UNPUBLISHABLE):
+                    dead[row_id] = repr(result)
+                elif isinstance(result, BaseException):
+                    failed = failed or result
+                else:
+                    published.append(row_id)
+            if dead:
+                await bury(conn, dead)
+            if failed is not None:
+                raise failed  # the session ends; the rows not deleted are sent again
             if self._after_publish is not None:
                 await self._after_publish(published)
 
@@ -328,6 +355,23 @@ class OutboxRelay:
         if already:
             log.info("outbox recovery: %d rows were already on Kafka", len(already))
             await conn.execute("DELETE FROM outbox WHERE id = any($1::bigint[])", already)
+
+
+async def bury(conn: Conn, dead: dict[int, str]) -> None:
+    """Move the outbox rows `dead` names (id: why Kafka refuses it) to `outbox_dead`."""
+    rows = await conn.fetch(
+        "WITH d AS (DELETE FROM outbox WHERE id = any($1::bigint[])"
+        " RETURNING id, topic, key, event_id, payload, created_at)"
+        " INSERT INTO outbox_dead (id, topic, key, event_id, payload, created_at, error)"
+        " SELECT d.id, d.topic, d.key, d.event_id, d.payload, d.created_at, e.error"
+        " FROM d JOIN unnest($1::bigint[], $2::text[]) AS e(id, error) USING (id)"
+        " ON CONFLICT (id) DO NOTHING"
+        " RETURNING id, topic, key, event_id, length(payload) AS size, error",
+        list(dead), list(dead.values()))
+    for row in rows:
+        log.error("outbox row %d (%s, key %s, event %s, %d bytes) cannot be published; "
+                  "moved to outbox_dead: %s", row["id"], row["topic"], row["key"],
+                  row["event_id"], row["size"], row["error"])
 
 
 async def _sessions(session: Callable[[], Awaitable[None]], *, what: str,

@@ -288,3 +288,37 @@ async def test_a_later_event_of_the_same_key_waits_for_the_eager_one_before_it(
     order = [json.loads(r.value)["event_id"] for r in records
              if json.loads(r.value)["event_id"] in {str(first.event_id), str(later.event_id)}]
     assert order == [str(first.event_id), str(later.event_id)]
+
+
+async def test_a_row_kafka_refuses_for_good_is_moved_aside_and_the_rest_go_out(
+    infra: Infra, pool: asyncpg.Pool, unique: str
+) -> None:
+    """An event larger than Kafka takes (here 1.1 MB, past the producer's 1 MiB) used to
+    end the relay's session at every try, and no row after it was ever published; the
+    publisher's session ended on it too, leaving its other rows to that relay."""
+    before, after = _event(f"before-{unique}"), _event(f"after-{unique}")
+    eager = _event(f"eager-{unique}")  # in the publisher's batch, after the huge one
+    huge = VideoRequestRejected(
+        workspace_id=uuid4(), correlation_id=unique, request_id=f"huge-{unique}",
+        errors=[FieldError(field="x", message="m" * 1_100_000)])
+    publisher = Publisher(pool=pool, bootstrap_servers=infra.bootstrap_servers)
+    relay = OutboxRelay(dsn=infra.database_url, bootstrap_servers=infra.bootstrap_servers,
+                        poll_interval=0.05, eager_grace=0.5)
+    tasks = [asyncio.create_task(publisher.run()), asyncio.create_task(relay.run())]
+    try:
+        assert await _until(lambda: publisher.ready and relay.active, 10)
+        assert await _write_eager(pool, publisher, huge, eager)
+        for event in (before, huge, after):
+            await _enqueue(pool, event)
+        await _drain(pool, before, huge, after, eager)
+        assert publisher.ready  # its session went on
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    assert [await _copies_on_kafka(infra, e) for e in (before, after, eager)] == [1, 1, 1]
+    assert await _copies_on_kafka(infra, huge) == 0
+    dead = await pool.fetch("SELECT topic, key, error FROM outbox_dead WHERE event_id = $1",
+                            huge.event_id)
+    assert [(r["topic"], r["key"]) for r in dead] == [(TOPIC_REJECTED, huge.request_id)] * 2
+    assert all("MessageSizeTooLargeError" in r["error"] for r in dead)
