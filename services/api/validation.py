@@ -29,6 +29,13 @@ PLATFORM_TYPES: dict[str, tuple[str, ...]] = {
 DEFAULT_TYPE: dict[str, str] = {"instagram": "reel", "tiktok": "short", "youtube": "short"}
 
 _HASHTAG = re.compile(r"^#?\w+$")
+#: Characters per hashtag, with its `#`. With the other fields' limits this keeps a video's
+#: resource, and so its events, to kilobytes: a megabyte of hashtags made a completion event
+#: larger than a Kafka record may be.
+MAX_HASHTAG = 100
+#: Errors a rejection names at most (then one saying how many more): a request event of a
+#: megabyte of unknown fields would otherwise make a rejection larger than a Kafka record.
+MAX_ERRORS = 100
 #: For an instant outside the years 1 to 9999 in UTC: PostgreSQL stores it, but Python (and
 #: so the driver) cannot hold it, to send or to read back.
 OUT_OF_RANGE = "must be in the years 1 to 9999 in UTC"
@@ -43,13 +50,14 @@ class VideoRequest(BaseModel):
     scene_description: Text
     platform: Platform = "instagram"
     type: VideoType | None = None
-    planned_date: str | None = None
+    planned_date: Annotated[str, Field(max_length=64)] | None = None
     caption: Annotated[Text, Field(max_length=2200)] | None = None
-    hashtags: Annotated[list[str], Field(max_length=30)] = Field(default_factory=list)
+    hashtags: Annotated[list[Annotated[str, Field(max_length=MAX_HASHTAG)]],
+                        Field(max_length=30)] = Field(default_factory=list)
     cta: Annotated[Text, Field(max_length=200)] | None = None
     duration_seconds: Annotated[StrictInt, Field(ge=5, le=60)] = 8
     aspect_ratio: AspectRatio = "9:16"
-    model_id: str | None = None
+    model_id: Annotated[str, Field(max_length=100)] | None = None
     quality_tier: QualityTier = "standard"
 
     @field_validator("scene_description")
@@ -103,6 +111,9 @@ class ValidRequest(BaseModel):
 
 class RequestInvalid(Exception):
     def __init__(self, errors: list[FieldError]) -> None:
+        if len(errors) > MAX_ERRORS:
+            errors = [*errors[:MAX_ERRORS], FieldError(
+                field="body", message=f"and {len(errors) - MAX_ERRORS:,} more errors")]
         super().__init__("; ".join(f"{e.field}: {e.message}" for e in errors))
         self.errors = errors
 
@@ -116,6 +127,8 @@ def error_location(loc: tuple[int | str, ...]) -> str:
             out += f"[{part}]"
         else:
             name = part.replace("\x00", "\\u0000")
+            if len(name) > 100:  # an unknown field's name, which may be any length
+                name = name[:100] + "…"
             out += f".{name}" if out else name
     return out or "body"
 

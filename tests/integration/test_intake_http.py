@@ -133,6 +133,14 @@ BAD: list[tuple[dict[str, Any], set[str]]] = [
      {"hashtags"}),
     ({"character_id": "$CID", "scene_description": SCENE, "hashtags": ["no spaces"]},
      {"hashtags"}),
+    # Lengths that keep a video's events small: a megabyte of hashtags made a completion
+    # event larger than a Kafka record may be.
+    ({"character_id": "$CID", "scene_description": SCENE, "hashtags": ["ok", "a" * 101]},
+     {"hashtags[1]"}),
+    ({"character_id": "$CID", "scene_description": SCENE, "model_id": "m" * 101},
+     {"model_id"}),
+    ({"character_id": "$CID", "scene_description": SCENE,
+      "planned_date": "2026-12-01" + "0" * 60}, {"planned_date"}),
     ({"character_id": "$CID", "scene_description": SCENE, "planned_date": "soon"},
      {"planned_date"}),
     ({"character_id": "$CID", "scene_description": SCENE,

@@ -198,3 +198,28 @@ async def test_a_nul_character_is_refused_without_stalling(
     # The valid event behind it on the same partition is applied.
     await eventually(lambda: pool.fetchval(
         "SELECT count(*) FROM videos WHERE workspace_id = $1", UUID(ws["id"])))
+
+
+async def test_a_megabyte_of_unknown_fields_is_rejected_in_a_record_kafka_takes(
+    intake: None, client: Client, infra: Infra, pool: asyncpg.Pool, unique: str
+) -> None:
+    """Naming each of 20,000 unknown fields made a rejection of several megabytes, which
+    Kafka refuses: the first 100 are named, then how many more."""
+    ws = await client.workspace()
+    cid = await client.character(ws["api_key"])
+    request_id = f"wide-{unique}"
+    junk = {f"unknown_field_{n:06d}_{'x' * 20}": 0 for n in range(20_000)}
+    raw = event(ws["id"], request_id, character_id=cid, scene_description=SCENE, **junk)
+    assert 900_000 < len(raw) < 1_000_000
+    key = f"wide-{unique}".encode()
+    await publish(infra, raw, key=key)
+    await publish(infra, event(ws["id"], f"after-{unique}", character_id=cid,
+                               scene_description=SCENE), key=key)
+    [rejection] = await eventually(lambda: rejections(infra, request_id))
+    assert len(rejection["errors"]) == 101
+    assert rejection["errors"][0] == {"field": "unknown_field_000000_" + "x" * 20,
+                                      "message": "unknown field"}
+    assert rejection["errors"][-1] == {"field": "body", "message": "and 19,900 more errors"}
+    # The valid event behind it on the same partition is applied.
+    await eventually(lambda: pool.fetchval(
+        "SELECT count(*) FROM videos WHERE workspace_id = $1", UUID(ws["id"])))
