@@ -211,6 +211,22 @@ async def test_a_providers_error_with_a_nul_is_stored_and_retried(
     assert row["error"]["message"] == "worker\ufffdcrashed (gave up after 2 attempts)"
 
 
+async def test_a_providers_error_of_megabytes_is_cut_to_what_an_event_carries(
+    pool: asyncpg.Pool, standin: ReplicateStandIn, catalog_path: Path, tmp_path: Path
+) -> None:
+    """The error travels in the failure event and the video's completion event: whole, it
+    made them larger than a Kafka record, and the video never left `generating`."""
+    standin.script = Script(outcomes=["huge_error"])
+    job_id = await queue_job(pool, catalog_path)
+    row = await drive(pool, standin, job_id, tmp_path, max_attempts=1)
+    assert row["state"] == "failed"
+    message = row["error"]["message"]
+    assert message.startswith("Traceback: xxx")
+    assert len(message) < 2100
+    [event] = await generated_events(pool, job_id)
+    assert event["error"] == row["error"]
+
+
 async def test_expired_output_url_submits_again_then_fails(
     pool: asyncpg.Pool, standin: ReplicateStandIn, catalog_path: Path, tmp_path: Path
 ) -> None:

@@ -29,6 +29,7 @@ class Script:
     poll: list[str] = field(default_factory=list)
     processing_polls: int = 2
     #: per submission: succeeded | no_output | failed | safety | never | expired | nul_error
+    #: | huge_error
     outcomes: list[str] = field(default_factory=list)
     retry_after: str = "1"
     #: render outputs at this short side instead of the requested one
@@ -129,6 +130,8 @@ class ReplicateStandIn:
                 prediction.update(status="failed", error="CUDA out of memory")
             elif outcome == "nul_error":  # text the job's stored error cannot hold as is
                 prediction.update(status="failed", error="worker\x00crashed")
+            elif outcome == "huge_error":  # more than the video's events could carry
+                prediction.update(status="failed", error="Traceback: " + "x" * 2_000_000)
             elif outcome == "safety":
                 prediction.update(status="failed",
                                   error="NSFW content detected: flagged by the safety checker")

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from shared.events import JobSpec
 
+#: Characters of a provider's error message kept (the job's error, and the events with it).
+MAX_MESSAGE = 2000
 #: The longest a provider's Retry-After may put a retry off (a job's deadline may end it
 #: sooner).
 MAX_RETRY_AFTER = 3600.0
@@ -21,8 +23,12 @@ class ProviderError(Exception):
 
     def __init__(self, code: str, message: str, *, retryable: bool,
                  retry_after: float | None = None, resubmit: bool = False) -> None:
-        # A provider's own text may hold U+0000, which the job's stored error cannot.
+        # A provider's own text may hold U+0000, which the job's stored error cannot, and be
+        # of any length, which the video's events (that carry it) cannot.
         code, message = code.replace("\x00", "\ufffd"), message.replace("\x00", "\ufffd")
+        code = code[:100]
+        if len(message) > MAX_MESSAGE:
+            message = message[:MAX_MESSAGE] + "…"
         super().__init__(message)
         self.code = code
         self.message = message
