@@ -97,7 +97,9 @@ class VideoRequested(Frozen):
     schema_version: int = 1
     occurred_at: datetime = Field(default_factory=utcnow)
     workspace_id: UUID
-    correlation_id: Text | None = None
+    #: carried by the rejection: bounded like `request_id`, so that one always fits in a
+    #: Kafka record
+    correlation_id: Annotated[Text, Field(max_length=200)] | None = None
     request_id: Annotated[Text, Field(min_length=1, max_length=200)]
 
 

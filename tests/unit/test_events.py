@@ -12,7 +12,7 @@ from uuid import uuid4
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
-from services.generator.providers.base import MAX_RETRY_AFTER, ProviderError
+from services.generator.providers.base import MAX_MESSAGE, MAX_RETRY_AFTER, ProviderError
 from shared.events import GenerationEvent, JobError, JobSpec, VideoJobQueued, VideoRequested
 from shared.kafka import MAX_DEAD_KEY, MAX_DEAD_ORIGINAL, dead_letter
 
@@ -73,6 +73,21 @@ def test_a_request_envelope_with_a_nul_is_refused(field: str) -> None:
     raw = {"workspace_id": str(uuid4()), "request_id": "r", field: "r\x00"}
     with pytest.raises(ValidationError, match="NUL"):
         VideoRequested.model_validate_json(json.dumps(raw))
+
+
+@pytest.mark.parametrize("field", ["request_id", "correlation_id"])
+def test_a_request_envelope_id_is_at_most_200_characters(field: str) -> None:
+    """The rejection carries both: bounded, one always fits in a Kafka record."""
+    raw = {"workspace_id": str(uuid4()), "request_id": "r", field: "r" * 201}
+    with pytest.raises(ValidationError, match="at most 200"):
+        VideoRequested.model_validate_json(json.dumps(raw))
+    raw[field] = "r" * 200
+    assert VideoRequested.model_validate_json(json.dumps(raw))
+
+
+def test_a_providers_error_message_is_kept_to_what_an_event_carries() -> None:
+    exc = ProviderError("c" * 500, "m" * 3_000_000, retryable=True)
+    assert (len(exc.code), exc.message) == (100, "m" * MAX_MESSAGE + "…")
 
 
 def test_a_providers_nul_becomes_a_replacement_character() -> None:
