@@ -51,6 +51,13 @@ def _storable(value: str) -> str:
 Text = Annotated[str, AfterValidator(_storable)]
 
 
+#: A frame's side in pixels, a frame rate, a duration in seconds: what a video can have
+#: (a negative duration reported by a forged success was charged as a negative amount).
+Pixels = Annotated[int, Field(ge=1, le=8192)]
+Fps = Annotated[int, Field(ge=1, le=240)]
+Seconds = Annotated[FiniteFloat, Field(gt=0, le=3600)]
+
+
 class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -69,10 +76,10 @@ class JobError(Frozen):
 class Media(Frozen):
     video_url: Text
     thumbnail_url: Text
-    duration_seconds: FiniteFloat  # JSON has no NaN, so jsonb cannot store one
+    duration_seconds: Seconds  # finite: JSON has no NaN, so jsonb cannot store one
     aspect_ratio: AspectRatio
-    width: int
-    height: int
+    width: Pixels
+    height: Pixels
 
 
 class Envelope(Frozen):
@@ -122,10 +129,10 @@ class JobSpec(Frozen):
     model_id: Text
     provider_model: Text | None = None
     quality_tier: QualityTier
-    width: int
-    height: int
-    fps: int
-    duration_seconds: StrictInt
+    width: Pixels
+    height: Pixels
+    fps: Fps
+    duration_seconds: Annotated[StrictInt, Field(ge=1, le=3600)]
     aspect_ratio: AspectRatio
     platform: Platform
     type: VideoType

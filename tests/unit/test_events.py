@@ -59,6 +59,26 @@ def test_what_the_database_cannot_store_is_not_a_generation_event(raw: str) -> N
     assert any(word in str(info.value) for word in ("NUL", "finite"))
 
 
+@pytest.mark.parametrize("media", [
+    {"duration_seconds": -5.0}, {"duration_seconds": 0}, {"duration_seconds": 1e9},
+    {"width": 0}, {"height": -1}, {"width": 10**12},
+])
+def test_a_success_with_media_no_video_has_is_not_a_generation_event(
+    media: dict[str, Any]
+) -> None:
+    """A forged success with a negative duration was settled with a negative charge (the
+    workspace gained credits); one with a width past PostgreSQL's integer, refused by it."""
+    with pytest.raises(ValidationError):
+        GENERATED.validate_json(json.dumps(succeeded(**media)))
+
+
+@pytest.mark.parametrize("changes", [{"fps": 0}, {"width": 10**12}, {"duration_seconds": 0},
+                                     {"duration_seconds": 10**9}])
+def test_a_job_spec_no_video_can_have_is_refused(changes: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        JobSpec.model_validate(spec(**changes))
+
+
 @pytest.mark.parametrize("field", ["scene_description", "character_name", "provider",
                                    "reference_image_url"])
 def test_a_job_spec_with_a_nul_is_refused(field: str) -> None:
