@@ -17,10 +17,12 @@ commits before it). A record that cannot be parsed goes to the DLQ (then its off
 committed with the rest). When the batch's transaction fails, each message is applied
 again in its own transaction, so one bad message holds no other's effect back; if one
 still fails, the batch is rewound to its first records and redelivered after a pause (so
-that an outage, database down, does not spin). Messages applied before the rewind, or
-applied and not yet committed when a process dies or a rebalance moves their partition, are
-no-ops when they come again: every handler records its events in the inbox in the effect's
-transaction."""
+that an outage, database down, does not spin), unless its failure is its own data's
+(`POISON`: PostgreSQL refused a value or a constraint), which no redelivery can change:
+such a message goes to the DLQ with the error, and counts as applied. Messages applied
+before the rewind, or applied and not yet committed when a process dies or a rebalance
+moves their partition, are no-ops when they come again: every handler records its events
+in the inbox in the effect's transaction."""
 
 from __future__ import annotations
 
@@ -98,27 +100,46 @@ async def _the_message(message: KafkaMessage) -> KafkaMessage:
     return message
 
 
+#: Failures that are the message's own: PostgreSQL's data exceptions (SQLSTATE class 22,
+#: such as a value out of a column's range) and integrity violations (class 23, such as a
+#: check constraint). Applied again, such a message fails again: redelivered, it would hold
+#: its partition for good. Anything else (the database away, a conflict undone, a bug in
+#: the handler) is redelivered, so that nothing is lost to a passing fault.
+POISON = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
+
+#: Told the index (in its batch) of a message that failed alone with a `POISON` error, and
+#: the error; once it returns, the message counts as applied (see `subscribe`: the DLQ).
+OnPoison = Callable[[int, Exception], Awaitable[None]]
+
+
 async def apply_batch(pool: asyncpg.Pool, handle: HandleBatch[T],
                       events: Sequence[tuple[T, bytes]], consumer: str, *,
-                      one_statement: bool = False) -> None:
+                      one_statement: bool = False, on_poison: OnPoison | None = None) -> None:
     """Apply `events` in one transaction; if that fails, each in its own. Raises (after a
     pause) the failure of the database, or the first of a message applied alone, once the
-    others have been applied. With `one_statement` the handler writes with a single
+    others have been applied; a message that fails alone with a `POISON` error goes to
+    `on_poison` instead, if given. With `one_statement` the handler writes with a single
     statement, atomic on its own: no BEGIN and COMMIT around it."""
     try:
         await _apply(pool, handle, events, one_statement)
         return
     except Exception as exc:
+        if len(events) == 1 and on_poison is not None and isinstance(exc, POISON):
+            await on_poison(0, exc)
+            return
         if len(events) == 1 or isinstance(exc, UNAVAILABLE):
             await pause_before_redelivery(exc, consumer)
             raise
         log.info("%s: a batch of %d failed (%r); applying its messages one by one",
                  consumer, len(events), exc)
     failure: Exception | None = None
-    for one in events:
+    for index, one in enumerate(events):
         try:
             await _apply(pool, handle, [one], one_statement)
         except Exception as exc:
+            if on_poison is not None and isinstance(exc, POISON):
+                await on_poison(index, exc)
+                continue
             failure = failure or exc
             if isinstance(exc, UNAVAILABLE):
                 break
@@ -328,13 +349,25 @@ def subscribe(
         records = message.raw_message  # the batch's records
         try:
             events: list[tuple[T, bytes]] = []
+            decoded: list[Any] = []  # the records of `events`
             for record in records:
                 event = await decode_or_dead_letter(broker, record, adapter, consumer)
                 if event is not None:
                     events.append((event, record.value))
+                    decoded.append(record)
+
+            async def poisoned(index: int, exc: Exception) -> None:
+                record = decoded[index]
+                log.error("%s: %s[%d]@%d cannot be applied (%r): to the DLQ", consumer,
+                          record.topic, record.partition, record.offset, exc)
+                await publish_dead_letter(broker, dead_letter(
+                    consumer=consumer, topic=record.topic, partition=record.partition,
+                    offset=record.offset, key=record.key, value=record.value or b"",
+                    reason=f"could not be applied: {exc!r}"), record.key)
+
             if events:
                 await apply_batch(pool, handle, events, consumer,
-                                  one_statement=one_statement)
+                                  one_statement=one_statement, on_poison=poisoned)
         except BaseException:
             with contextlib.suppress(Exception):  # (stopping: the partitions may be gone)
                 await message.nack()  # rewind: the batch comes again

@@ -5,6 +5,8 @@ message that fails holds back no other message's effect."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 from collections.abc import Awaitable, Callable, Sequence
 from uuid import UUID, uuid4
 
@@ -17,10 +19,12 @@ from pydantic import BaseModel, TypeAdapter
 from shared import consumer as batches
 from shared.consumer import Handle, HandleBatch, apply_batch, one_by_one, stop_broker, subscribe
 from shared.db import Conn, DurabilityUnknown, WalFlusher, flush_wal
+from shared.events import TOPIC_DLQ
 from shared.inbox import first_deliveries, first_delivery
 from shared.kafka import ensure_topics, make_broker
 from tests.infra import Infra
 from tests.integration.conftest import eventually
+from tests.kafka_tools import read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -124,6 +128,53 @@ async def test_records_that_arrive_together_share_a_transaction(
     ends = await committed_everything(infra, topic, group)
     assert ends is not None
     assert sum(ends.values()) == len(pings) + 1
+
+
+async def test_a_message_its_own_data_fails_goes_to_the_dlq_and_holds_nothing_back(
+    infra: Infra, pool: asyncpg.Pool, unique: str
+) -> None:
+    """A message that PostgreSQL refuses for its values (a data exception, here a division
+    by zero standing for a value out of a column's range) fails at every redelivery: it
+    used to hold its partition for good. It goes to the DLQ; the messages after it on the
+    same partition are applied, and every offset is committed."""
+    topic, group, consumer = f"test.poison.{unique}", f"test-poison-{unique}", f"test-{unique}"
+    await ensure_topics(infra.bootstrap_servers, partitions=2, topics=[topic])
+    good = [Ping(event_id=uuid4()) for _ in range(9)]
+    bad = Ping(event_id=uuid4(), poison=True)
+
+    async def handle(conn: Conn, event: Ping, _: bytes) -> None:
+        await first_delivery(conn, consumer=consumer, event_id=event.event_id)
+        if event.poison:
+            await conn.execute("SELECT 1 / 0")
+
+    producer = AIOKafkaProducer(bootstrap_servers=infra.bootstrap_servers)
+    await producer.start()
+    try:  # partition 1: the good ones after the bad one can only follow it
+        for ping in [*good[:4], bad, *good[4:8]]:
+            await producer.send(topic, ping.model_dump_json().encode(), partition=1)
+        await producer.send(topic, good[8].model_dump_json().encode(), partition=0)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    broker = make_broker(infra.bootstrap_servers, "test-poison")
+    subscribe(broker, topic=topic, adapter=TypeAdapter(Ping), consumer=consumer,
+              group_id=group, fetch_max_wait_ms=10, description="test", pool=pool,
+              handle=one_by_one(handle))
+    await broker.start()
+    try:
+        async def all_good_applied() -> bool:
+            return set(await recorded(pool, consumer)) == {p.event_id for p in good}
+
+        await eventually(all_good_applied, timeout=30)
+        ends = await eventually(lambda: committed_everything(infra, topic, group), timeout=10)
+        assert sum(ends.values()) == len(good) + 1
+    finally:
+        await stop_broker(broker)
+    letters = [json.loads(r.value) for r in await read_topic(infra.bootstrap_servers, TOPIC_DLQ)]
+    [letter] = [x for x in letters if x["source_topic"] == topic]
+    assert letter["reason"].startswith("could not be applied: DivisionByZeroError(")
+    assert json.loads(base64.b64decode(letter["original_value_b64"]))["event_id"] == str(
+        bad.event_id)
 
 
 async def test_offsets_wait_for_the_flush_of_a_handler_that_does_not_wait_for_the_disk(
