@@ -69,6 +69,18 @@ async def credits(conn: Conn, *, workspace_id: UUID, limit: int) -> dict[str, An
     }
 
 
+async def count_locked(conn: Conn, table: str, workspace_id: UUID, where: str = "TRUE") -> int:
+    """How many rows of `table` (matching `where`) the workspace has, counted under a lock
+    of that workspace's rows of `table` held until the transaction ends (call inside one):
+    inserts that check a limit first cannot pass it together. Not the workspace's row,
+    which every video's writes update."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))",
+                       f"{table}:{workspace_id}")
+    count: int = await conn.fetchval(
+        f"SELECT count(*) FROM {table} WHERE workspace_id = $1 AND {where}", workspace_id)
+    return count
+
+
 async def insert_character(
     conn: Conn, *, id: UUID, workspace_id: UUID, name: str, review_mode: str,
     reference_image_url: str | None,

@@ -213,14 +213,22 @@ async def grant_credits(request: web.Request) -> web.Response:
 
 # --- characters -------------------------------------------------------------------------
 
+#: Characters per workspace: `GET /v1/characters` lists them all, in one answer.
+MAX_CHARACTERS = 1000
+
+
 @routes.post("/v1/characters")
-@operation(summary="Create a character", responses={201: Character}, body=CharacterIn,
-           tags=("characters",))
+@operation(summary="Create a character", responses={201: Character, 409: None},
+           body=CharacterIn, tags=("characters",))
 async def create_character(request: web.Request) -> web.Response:
     data = await body_of(request, CharacterIn)
-    async with request.app[POOL].acquire() as conn:
+    workspace_id = workspace_of(request).id
+    async with request.app[POOL].acquire() as conn, conn.transaction():
+        if await repo.count_locked(conn, "characters", workspace_id) >= MAX_CHARACTERS:
+            raise handlers.Conflict(f"a workspace may have at most {MAX_CHARACTERS:,} "
+                                    "characters")
         row = await repo.insert_character(
-            conn, id=uuid4(), workspace_id=workspace_of(request).id, name=data.name,
+            conn, id=uuid4(), workspace_id=workspace_id, name=data.name,
             review_mode=data.review_mode, reference_image_url=data.reference_image_url,
         )
     return ok(Character.model_validate(dict(row)), 201,

@@ -8,6 +8,7 @@ from uuid import uuid4
 from aiohttp import web
 
 from services.api import handlers
+from services.api import repository as repo
 from services.api.http import body_of, ok, uuid_param
 from services.api.keys import POOL, SETTINGS, workspace_of
 from services.api.openapi import operation
@@ -41,13 +42,8 @@ async def create_webhook(request: web.Request) -> web.Response:
         raise RequestInvalid([FieldError(field="url", message=str(exc))]) from None
     workspace_id = workspace_of(request).id
     async with request.app[POOL].acquire() as conn, conn.transaction():
-        # Counted under a lock of the workspace's endpoints (not its row, which every video
-        # updates), so that concurrent registrations cannot pass the limit together.
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))",
-                           f"webhook_endpoints:{workspace_id}")
-        count = await conn.fetchval(
-            "SELECT count(*) FROM webhook_endpoints WHERE workspace_id = $1"
-            " AND deleted_at IS NULL", workspace_id)
+        count = await repo.count_locked(conn, "webhook_endpoints", workspace_id,
+                                        "deleted_at IS NULL")
         if count >= MAX_ENDPOINTS:
             raise handlers.Conflict(f"a workspace may have at most {MAX_ENDPOINTS} webhook "
                                     "endpoints; delete one first")

@@ -14,6 +14,7 @@ import pytest
 
 from devstack.proc import free_port
 from services.api import idempotency
+from services.api.routes import MAX_CHARACTERS
 from services.api.webhook_routes import MAX_ENDPOINTS
 from tests.infra import Infra
 from tests.integration.conftest import ADMIN, Client, serving_api
@@ -554,6 +555,27 @@ async def test_a_workspace_has_at_most_sixteen_webhook_endpoints(client: Client)
     status, _, _ = await client.call("DELETE", f"/v1/webhooks/{first[0][1]['id']}", key)
     assert status == 204
     assert (await register())[0] == 201
+
+
+async def test_a_workspace_has_at_most_a_thousand_characters(client: Client,
+                                                             pool: asyncpg.Pool) -> None:
+    """`GET /v1/characters` answers with all of them. (998 are written directly, then the
+    last two places are raced for over HTTP.)"""
+    ws = await client.workspace()
+    key = ws["api_key"]
+    await pool.executemany(
+        "INSERT INTO characters (id, workspace_id, name, review_mode) VALUES ($1, $2, $3,"
+        " 'manual')", [(uuid4(), UUID(ws["id"]), f"c{n}") for n in range(MAX_CHARACTERS - 2)])
+    racing = await asyncio.gather(*(client.call("POST", "/v1/characters", key, {"name": "x"})
+                                    for _ in range(5)))
+    assert sorted(status for status, _, _ in racing) == [201, 201, 409, 409, 409]
+    refused = next(body for status, body, _ in racing if status == 409)
+    assert refused["detail"] == "a workspace may have at most 1,000 characters"
+    _, listed, _ = await client.call("GET", "/v1/characters", key)
+    assert len(listed["items"]) == MAX_CHARACTERS
+    other = await client.workspace()  # per workspace
+    assert (await client.call("POST", "/v1/characters", other["api_key"],
+                              {"name": "x"}))[0] == 201
 
 
 async def test_metrics_count_requests_by_route(client: Client) -> None:
