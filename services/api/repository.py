@@ -73,7 +73,8 @@ async def count_locked(conn: Conn, table: str, workspace_id: UUID, where: str = 
     """How many rows of `table` (matching `where`) the workspace has, counted under a lock
     of that workspace's rows of `table` held until the transaction ends (call inside one):
     inserts that check a limit first cannot pass it together. Not the workspace's row,
-    which every video's writes update."""
+    which every video's writes update. `table` and `where` are SQL written by the caller,
+    never a request's input."""
     await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))",
                        f"{table}:{workspace_id}")
     count: int = await conn.fetchval(
