@@ -173,7 +173,7 @@ async def test_rate_limited_submit_waits_for_retry_after(
     assert asyncio.get_running_loop().time() - started >= 1.0
 
 
-@pytest.mark.parametrize("fault", ["500", "502", "503", "reset", "slow", "malformed"])
+@pytest.mark.parametrize("fault", ["500", "502", "503", "reset", "slow", "malformed", "huge"])
 async def test_submit_failures_retry_then_fail_with_a_reason(
     pool: asyncpg.Pool, standin: ReplicateStandIn, catalog_path: Path, tmp_path: Path,
     fault: str

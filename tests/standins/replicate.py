@@ -25,7 +25,7 @@ RANDOM_FAULTS = ("429", "500", "502", "503", "reset", "malformed")
 class Script:
     """Faults, consumed in order; after the list runs out, calls behave."""
 
-    submit: list[str] = field(default_factory=list)  # 429 500 502 503 reset slow malformed
+    submit: list[str] = field(default_factory=list)  # 429 500 502 503 reset slow malformed huge
     poll: list[str] = field(default_factory=list)
     processing_polls: int = 2
     #: per submission: succeeded | no_output | failed | safety | never | expired | nul_error
@@ -88,6 +88,9 @@ class ReplicateStandIn:
             return None
         if fault == "malformed":
             return web.Response(text='{"id": "oops", "status": ', content_type="application/json")
+        if fault == "huge":  # well-formed, but two megabytes
+            return web.json_response({"id": "oops", "status": "starting", "pad": "x" * 2**21},
+                                     status=201)
         raise AssertionError(f"unknown fault {fault}")
 
     async def create(self, request: web.Request) -> web.StreamResponse:

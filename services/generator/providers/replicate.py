@@ -35,6 +35,8 @@ from shared.events import JobSpec
 
 _SAFETY = re.compile(r"nsfw|safety|flagged|content policy|moderation|sensitive", re.I)
 _RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+#: An API answer (a prediction, a page of them) is kilobytes.
+MAX_ANSWER_BYTES = 1024 * 1024
 #: A short video is tens of megabytes; an output past this is a provider's fault, and is
 #: refused before it fills the disk.
 MAX_OUTPUT_BYTES = 512 * 1024 * 1024
@@ -90,7 +92,15 @@ class ReplicateProvider(Provider):
         try:
             async with self._session.request(method, url, json=body, headers=self._headers,
                                              timeout=self._timeout) as resp:
-                text = await resp.text()
+                answer = bytearray()
+                async for chunk in resp.content.iter_chunked(1 << 16):
+                    answer += chunk
+                    if len(answer) > MAX_ANSWER_BYTES:  # not read whole into memory
+                        raise ProviderError(
+                            "provider_malformed",
+                            f"{method} {url}: an answer over {MAX_ANSWER_BYTES} bytes",
+                            retryable=True)
+                text = answer.decode(resp.charset or "utf-8")
                 if resp.status in _RETRYABLE_STATUS:
                     raise ProviderError(
                         "provider_unavailable" if resp.status != 429 else "provider_rate_limited",
@@ -106,7 +116,7 @@ class ReplicateProvider(Provider):
                 return data
         except ProviderError:
             raise
-        except (json.JSONDecodeError, ValueError, UnicodeDecodeError) as exc:
+        except (json.JSONDecodeError, ValueError, UnicodeDecodeError, LookupError) as exc:
             raise ProviderError("provider_malformed", f"{method} {url}: malformed answer: {exc}",
                                 retryable=True) from None
         except TimeoutError:
