@@ -133,8 +133,8 @@ class ReplicateStandIn:
                 prediction.update(status="failed", error="CUDA out of memory")
             elif outcome == "nul_error":  # text the job's stored error cannot hold as is
                 prediction.update(status="failed", error="worker\x00crashed")
-            elif outcome == "huge_error":  # more than the video's events could carry
-                prediction.update(status="failed", error="Traceback: " + "x" * 2_000_000)
+            elif outcome == "huge_error":  # more than the video's events should carry
+                prediction.update(status="failed", error="Traceback: " + "x" * 500_000)
             elif outcome == "safety":
                 prediction.update(status="failed",
                                   error="NSFW content detected: flagged by the safety checker")
