@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Any
 from uuid import UUID
 
@@ -14,6 +14,10 @@ import asyncpg
 
 log = logging.getLogger(__name__)
 CHANNEL = "influgen_video_events"
+
+
+#: Event streams one workspace may have open at once, per api process.
+MAX_STREAMS_PER_WORKSPACE = 100
 
 
 class VideoEventHub:
@@ -26,10 +30,26 @@ class VideoEventHub:
     def __init__(self, dsn: str) -> None:
         self._dsn = dsn
         self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
+        #: open streams per workspace (`open_stream`)
+        self._streams: Counter[UUID] = Counter()
         #: set when the first stream starts waiting or the last one stops
         self._changed = asyncio.Event()
         #: whether the connection listens now
         self.listening = False
+
+    def open_stream(self, workspace_id: UUID) -> bool:
+        """Count a stream the workspace opens; False (and not counted) if it has
+        `MAX_STREAMS_PER_WORKSPACE` open in this process already. Each open stream reads
+        the database every few seconds while it waits."""
+        if self._streams[workspace_id] >= MAX_STREAMS_PER_WORKSPACE:
+            return False
+        self._streams[workspace_id] += 1
+        return True
+
+    def close_stream(self, workspace_id: UUID) -> None:
+        self._streams[workspace_id] -= 1
+        if self._streams[workspace_id] <= 0:
+            del self._streams[workspace_id]
 
     def subscribe(self, video_id: UUID) -> asyncio.Event:
         event = asyncio.Event()

@@ -12,9 +12,11 @@ from aiohttp import web
 from aiohttp_sse import sse_response
 
 from services.api import handlers
+from services.api.event_hub import MAX_STREAMS_PER_WORKSPACE
 from services.api.http import uuid_param
 from services.api.keys import HUB, POOL, workspace_of
 from services.api.openapi import operation
+from services.api.problems import problem
 from shared.events import FINAL_STATUSES
 from shared.runtime import wait_event
 
@@ -33,13 +35,14 @@ def _payload(row: Any) -> str:
 
 @routes.get("/v1/videos/{id}/events")
 @operation(summary="Server-sent events: each status change until generation is over "
-           "(resumable with Last-Event-ID)", responses={200: None, 404: None},
+           "(resumable with Last-Event-ID)", responses={200: None, 404: None, 429: None},
            tags=("videos",))
 async def video_events(request: web.Request) -> web.StreamResponse:
     video_id = uuid_param(request)
+    workspace_id = workspace_of(request).id
     pool = request.app[POOL]
     owner = await pool.fetchval("SELECT 1 FROM videos WHERE id = $1 AND workspace_id = $2",
-                                video_id, workspace_of(request).id)
+                                video_id, workspace_id)
     if owner is None:
         raise handlers.NotFound()
     try:
@@ -49,6 +52,10 @@ async def video_events(request: web.Request) -> web.StreamResponse:
     if not 0 <= last < 2**63:  # not an id of ours (a bigint): from the start, as for junk
         last = 0
     hub = request.app[HUB]
+    if not hub.open_stream(workspace_id):
+        return problem(429, "Too many requests", f"at most {MAX_STREAMS_PER_WORKSPACE} "
+                       "event streams of a workspace may be open at once; close one",
+                       headers={"Retry-After": "1"})
     wake = hub.subscribe(video_id)
     try:
         async with sse_response(request) as sse:
@@ -66,3 +73,4 @@ async def video_events(request: web.Request) -> web.StreamResponse:
             return sse
     finally:
         hub.unsubscribe(video_id, wake)
+        hub.close_stream(workspace_id)

@@ -9,15 +9,17 @@ from typing import Any
 from urllib.parse import urlparse
 from uuid import UUID, uuid4
 
+import aiohttp
 import asyncpg
 import pytest
 
 from devstack.proc import free_port
 from services.api import idempotency
+from services.api.event_hub import MAX_STREAMS_PER_WORKSPACE
 from services.api.routes import MAX_CHARACTERS
 from services.api.webhook_routes import MAX_ENDPOINTS
 from tests.infra import Infra
-from tests.integration.conftest import ADMIN, Client, serving_api
+from tests.integration.conftest import ADMIN, Client, eventually, serving_api
 
 pytestmark = pytest.mark.integration
 SCENE = "Walking through a hotel lobby at golden hour, slow push-in, confident energy"
@@ -608,3 +610,42 @@ async def test_a_lost_database_answers_503_problem_with_retry_after(infra: Infra
                 assert headers["Retry-After"] == "1"
     finally:
         await gone.close()
+
+
+async def test_a_workspace_may_hold_a_hundred_event_streams_open(client: Client) -> None:
+    """Each open stream reads the database every few seconds while it waits: past the
+    limit a stream is refused (429), until one closes."""
+    ws = await client.workspace()
+    key = ws["api_key"]
+    cid = await client.character(key)
+    _, video, _ = await client.call("POST", "/v1/videos", key,
+                                    {"character_id": cid, "scene_description": SCENE})
+    url = f"{client.base}/v1/videos/{video['id']}/events"  # queued: no generator runs here
+    headers = {"Authorization": f"Bearer {key}"}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        streams = [await session.get(url, headers=headers)
+                   for _ in range(MAX_STREAMS_PER_WORKSPACE)]
+        try:
+            assert {s.status for s in streams} == {200}
+            async with session.get(url, headers=headers) as refused:
+                assert refused.status == 429
+                assert refused.headers["Retry-After"] == "1"
+            other = await client.workspace()  # per workspace
+            other_video = (await client.call(
+                "POST", "/v1/videos", other["api_key"],
+                {"character_id": await client.character(other["api_key"]),
+                 "scene_description": SCENE}))[1]
+            async with session.get(f"{client.base}/v1/videos/{other_video['id']}/events",
+                                   headers={"Authorization": f"Bearer {other['api_key']}"}
+                                   ) as theirs:
+                assert theirs.status == 200
+            streams.pop().close()  # the server notices at its next wake-up (<= 5 s)
+
+            async def a_place_is_free() -> bool:
+                async with session.get(url, headers=headers) as again:
+                    return again.status == 200
+
+            assert await eventually(a_place_is_free, timeout=20)
+        finally:
+            for stream in streams:
+                stream.close()
