@@ -85,12 +85,17 @@ async def decode_or_dead_letter(
         reason = f"not a valid message for {consumer}: {exc.error_count()} error(s): " + "; ".join(
             f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()[:10]
         )
-        letter = dead_letter(
-            consumer=consumer, topic=record.topic, partition=record.partition,
-            offset=record.offset, key=record.key, value=record.value or b"", reason=reason,
-        )
-        await publish_dead_letter(broker, letter, record.key)
+        await dead_letter_record(broker, record, consumer, reason)
         return None
+
+
+async def dead_letter_record(broker: KafkaBroker, record: Any, consumer: str,
+                             reason: str) -> None:
+    """Send `record` (an aiokafka record `consumer` read) to the DLQ with `reason`."""
+    await publish_dead_letter(broker, dead_letter(
+        consumer=consumer, topic=record.topic, partition=record.partition,
+        offset=record.offset, key=record.key, value=record.value or b"", reason=reason,
+    ), record.key)
 
 
 async def _the_message(message: KafkaMessage) -> KafkaMessage:
@@ -360,10 +365,8 @@ def subscribe(
                 record = decoded[index]
                 log.error("%s: %s[%d]@%d cannot be applied (%r): to the DLQ", consumer,
                           record.topic, record.partition, record.offset, exc)
-                await publish_dead_letter(broker, dead_letter(
-                    consumer=consumer, topic=record.topic, partition=record.partition,
-                    offset=record.offset, key=record.key, value=record.value or b"",
-                    reason=f"could not be applied: {exc!r}"), record.key)
+                await dead_letter_record(broker, record, consumer,
+                                         f"could not be applied: {exc!r}")
 
             if events:
                 await apply_batch(pool, handle, events, consumer,

@@ -9,7 +9,7 @@ from uuid import UUID
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
-from services.api.validation import OUT_OF_RANGE, VideoRequest
+from services.api.validation import OUT_OF_RANGE, VideoRequest, not_blank
 from shared.events import (
     AspectRatio,
     CompletedType,
@@ -30,15 +30,8 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def _not_blank(value: str) -> str:
-    value = value.strip()
-    if not value:
-        raise ValueError("must not be blank")
-    return value
-
-
 #: A name or reason: stored without surrounding whitespace, and not only whitespace.
-Name = Annotated[Text, AfterValidator(_not_blank)]
+Name = Annotated[Text, AfterValidator(not_blank)]
 #: A URL someone will fetch: http(s), with a host and a usable port.
 HttpUrl = Annotated[Text, Field(max_length=2000), AfterValidator(http_url)]
 

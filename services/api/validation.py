@@ -41,6 +41,14 @@ MAX_ERRORS = 100
 OUT_OF_RANGE = "must be in the years 1 to 9999 in UTC"
 
 
+def not_blank(value: str) -> str:
+    """`value` without surrounding whitespace; ValueError if nothing else is left."""
+    value = value.strip()
+    if not value:
+        raise ValueError("must not be blank")
+    return value
+
+
 class VideoRequest(BaseModel):
     """The body of `POST /v1/videos`, and the section-2 fields of a request event."""
 
@@ -63,9 +71,7 @@ class VideoRequest(BaseModel):
     @field_validator("scene_description")
     @classmethod
     def _scene(cls, value: str) -> str:
-        value = value.strip()
-        if not value:
-            raise ValueError("must not be blank")
+        value = not_blank(value)
         if len(value) > 2000:
             raise ValueError(f"must be at most 2,000 characters (got {len(value):,})")
         return value
