@@ -97,10 +97,13 @@ class Client:
         return await self._model(WorkspaceCreated, "POST", "/v1/admin/workspaces", admin=True,
                                  body={"name": name, "credits": credits, "sandbox": sandbox})
 
-    async def grant_credits(self, workspace_id: UUID | str, amount: int,
-                            reason: str) -> Credits:
+    async def grant_credits(self, workspace_id: UUID | str, amount: int, reason: str, *,
+                            idempotency_key: str | None = None) -> Credits:
+        """With an `idempotency_key`, sending the same grant again grants nothing more."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
         return await self._model(Credits, "POST", f"/v1/admin/workspaces/{workspace_id}/credits",
-                                 admin=True, body={"amount": amount, "reason": reason})
+                                 admin=True, body={"amount": amount, "reason": reason},
+                                 headers=headers)
 
     # --- characters, models, credits -----------------------------------------------
 

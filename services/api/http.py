@@ -79,3 +79,18 @@ def uuid_param(request: web.Request, name: str = "id") -> UUID:
         return UUID(request.match_info[name])
     except ValueError:
         raise NotFound() from None
+
+
+IDEMPOTENCY_KEY_DOC = ("1 to 255 printable characters, kept 24 hours: the same key and body "
+                       "returns the first response; another body 422; while the first is in "
+                       "flight 409")
+
+
+def idempotency_key(request: web.Request) -> str | None:
+    """The request's `Idempotency-Key`, or None; 422 unless it is 1 to 255 printable
+    characters (bytes that are not UTF-8 reach us as surrogates, which cannot be stored)."""
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not (1 <= len(key) <= 255 and key.isprintable()):
+        raise RequestInvalid([FieldError(field="Idempotency-Key",
+                                         message="must be 1 to 255 printable characters")])
+    return key

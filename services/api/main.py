@@ -13,6 +13,7 @@ from faststream.kafka import KafkaBroker
 from services.api import consumer, idempotency
 from services.api.auth import KeyCache
 from services.api.event_hub import VideoEventHub
+from services.api.files import ASSET_NAME, MEDIA_NAME, file_routes
 from services.api.handlers import IntakeDeps, video_writer
 from services.api.keys import (
     BROKER,
@@ -77,8 +78,9 @@ def build_app(settings: ApiSettings, pool: asyncpg.Pool, broker: KafkaBroker,
     app.add_routes(webhook_routes)
     app.add_routes(metrics_routes)
     settings.media_dir.mkdir(parents=True, exist_ok=True)
-    app.router.add_static("/media/", settings.media_dir, follow_symlinks=False)
-    app.router.add_static("/static/", STATIC, follow_symlinks=False)
+    app.add_routes(file_routes("/media/", settings.media_dir, MEDIA_NAME,
+                               "A video or thumbnail of the media store"))
+    app.add_routes(file_routes("/static/", STATIC, ASSET_NAME, "The web page's assets"))
     return app
 
 

@@ -37,19 +37,42 @@ async def workspace_by_key(conn: Conn, *, key_hash: bytes) -> asyncpg.Record | N
     return row
 
 
-async def grant(conn: Conn, *, workspace_id: UUID, amount: int, reason: str) -> bool:
-    row = await conn.fetchrow(
-        "UPDATE workspaces SET credits_balance = credits_balance + $2 WHERE id = $1 RETURNING id",
+@dataclass(frozen=True)
+class Granted:
+    """`replayed`: the key was used before with the same amount and reason, and nothing was
+    granted now; `conflict`: it was used with another amount or reason."""
+
+    replayed: bool = False
+    conflict: bool = False
+
+
+async def grant(conn: Conn, *, workspace_id: UUID, amount: int, reason: str,
+                key: str | None = None) -> Granted | None:
+    """Grant `amount` credits (in a transaction); None when there is no such workspace.
+    A grant with a `key` happens once per workspace and key: the ledger row keeps the key,
+    and the workspace row, locked first, orders concurrent grants with the same key."""
+    if await conn.fetchrow("SELECT 1 FROM workspaces WHERE id = $1 FOR UPDATE",
+                           workspace_id) is None:
+        return None
+    inserted = await conn.fetchrow(
+        "INSERT INTO credit_ledger (workspace_id, kind, amount, reason, grant_key)"
+        " VALUES ($1, 'grant', $2, $3, $4)"
+        " ON CONFLICT (workspace_id, grant_key) WHERE grant_key IS NOT NULL DO NOTHING"
+        " RETURNING id",
+        workspace_id, amount, reason, key,
+    )
+    if inserted is None:
+        first = one(await conn.fetchrow(
+            "SELECT amount, reason FROM credit_ledger WHERE workspace_id = $1"
+            " AND grant_key = $2", workspace_id, key,
+        ))
+        return Granted(replayed=True, conflict=(first["amount"], first["reason"]) != (
+            amount, reason))
+    await conn.execute(
+        "UPDATE workspaces SET credits_balance = credits_balance + $2 WHERE id = $1",
         workspace_id, amount,
     )
-    if row is None:
-        return False
-    await conn.execute(
-        "INSERT INTO credit_ledger (workspace_id, kind, amount, reason)"
-        " VALUES ($1, 'grant', $2, $3)",
-        workspace_id, amount, reason,
-    )
-    return True
+    return Granted()
 
 
 async def credits(conn: Conn, *, workspace_id: UUID, limit: int) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from aiohttp import web
 from services.api import handlers
 from services.api import repository as repo
 from services.api.auth import token_matches
-from services.api.http import body_of, ok, uuid_param
+from services.api.http import body_of, idempotency_key, ok, uuid_param
 from services.api.keys import (
     BROKER,
     DEPS,
@@ -52,6 +52,8 @@ log = logging.getLogger("influgen.api")
 routes = web.RouteTableDef()
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 STATIC = Path(__file__).resolve().parent / "static"
+#: Ledger entries in a credits answer, newest first (the whole ledger is in the database).
+LEDGER_SHOWN = 100
 
 
 @web.middleware
@@ -199,16 +201,28 @@ async def create_workspace(request: web.Request) -> web.Response:
 
 
 @routes.post("/v1/admin/workspaces/{id}/credits")
-@operation(summary="Grant credits to a workspace", responses={200: Credits, 404: None},
-           body=CreditsIn, auth="adminToken", tags=("admin",))
+@operation(summary="Grant credits to a workspace; with an Idempotency-Key, once",
+           responses={200: Credits, 404: None}, body=CreditsIn, auth="adminToken",
+           tags=("admin",),
+           headers={"Idempotency-Key": "1 to 255 printable characters, kept with the grant: "
+                    "the same key, amount and reason grants nothing more and answers the "
+                    "workspace's credits (Idempotent-Replayed: true); another amount or "
+                    "reason 422"})
 async def grant_credits(request: web.Request) -> web.Response:
     ws_id = uuid_param(request)
     data = await body_of(request, CreditsIn)
+    key = idempotency_key(request)
     async with request.app[POOL].acquire() as conn, conn.transaction():
-        if not await repo.grant(conn, workspace_id=ws_id, amount=data.amount, reason=data.reason):
+        granted = await repo.grant(conn, workspace_id=ws_id, amount=data.amount,
+                                   reason=data.reason, key=key)
+        if granted is None:
             raise handlers.NotFound()
-        summary = await repo.credits(conn, workspace_id=ws_id, limit=0)
-    return ok(Credits.model_validate(summary))
+        if granted.conflict:
+            return problem(422, "Idempotency-Key reused",
+                           "this key was used for a grant of another amount or reason")
+        summary = await repo.credits(conn, workspace_id=ws_id, limit=LEDGER_SHOWN)
+    return ok(Credits.model_validate(summary),
+              headers={"Idempotent-Replayed": "true"} if granted.replayed else None)
 
 
 # --- characters -------------------------------------------------------------------------
@@ -296,5 +310,6 @@ async def models(request: web.Request) -> web.Response:
            responses={200: Credits}, tags=("credits",))
 async def get_credits(request: web.Request) -> web.Response:
     async with request.app[POOL].acquire() as conn:
-        summary = await repo.credits(conn, workspace_id=workspace_of(request).id, limit=100)
+        summary = await repo.credits(conn, workspace_id=workspace_of(request).id,
+                                       limit=LEDGER_SHOWN)
     return ok(Credits.model_validate(summary))

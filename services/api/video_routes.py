@@ -11,7 +11,15 @@ from uuid import UUID
 from aiohttp import web
 
 from services.api import handlers, idempotency
-from services.api.http import body_of, ok, query_of, read_json, uuid_param
+from services.api.http import (
+    IDEMPOTENCY_KEY_DOC,
+    body_of,
+    idempotency_key,
+    ok,
+    query_of,
+    read_json,
+    uuid_param,
+)
 from services.api.keys import DEPS, POOL, SETTINGS, VIDEO_WRITER, workspace_of
 from services.api.openapi import operation
 from services.api.problems import problem
@@ -43,9 +51,7 @@ def _accepted(resource: VideoResource, replayed: bool = False) -> web.Response:
     "quotes and gives scene feedback without storing anything",
     responses={202: VideoResource, 200: DryRun, 402: None, 409: None},
     body=VideoRequest, query=CreateQuery, tags=("videos",),
-    headers={"Idempotency-Key": "1 to 255 printable characters, kept 24 hours: the same key "
-             "and body returns the first response; another body 422; while the first is in "
-             "flight 409"},
+    headers={"Idempotency-Key": IDEMPOTENCY_KEY_DOC},
 )
 async def create_video(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
@@ -58,13 +64,9 @@ async def create_video(request: web.Request) -> web.Response:
         return ok(DryRun.model_validate(handlers.dry_run(valid)))
     workspace = workspace_of(request)
     writer = request.app[VIDEO_WRITER]
-    key = request.headers.get("Idempotency-Key")
+    key = idempotency_key(request)
     if key is None:
         return _accepted(await writer.submit(handlers.NewVideo(workspace, valid, "http")))
-    # Printable: bytes that are not UTF-8 reach us as surrogates, which cannot be stored.
-    if not (1 <= len(key) <= 255 and key.isprintable()):
-        raise RequestInvalid([FieldError(field="Idempotency-Key",
-                                         message="must be 1 to 255 printable characters")])
     digest = idempotency.request_hash(body)
     async with deps.pool.acquire() as conn:
         claim = await idempotency.claim(conn, workspace_id=workspace.id, key=key, digest=digest)

@@ -13,7 +13,10 @@ SCENE = "Dancing on a rooftop at night, handheld close-up, playful energy, quick
 
 async def test_sdk_drives_a_video_to_review(stack: Stack) -> None:
     async with Client(stack.api_url, admin_token=stack.admin_token) as admin:
-        ws = await admin.create_workspace("sdk", credits=500, sandbox=True)
+        ws = await admin.create_workspace("sdk", credits=400, sandbox=True)
+        for _ in range(2):  # sent again (an answer lost): granted once
+            topped = await admin.grant_credits(ws.id, 100, "top-up", idempotency_key="sdk-t")
+        assert (topped.balance, [e.amount for e in topped.ledger]) == (500, [100, 400])
     async with Client(stack.api_url, ws.api_key) as client:
         character = await client.create_character("Mila", review_mode="manual")
         assert [c.id for c in await client.characters()] == [character.id]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 from uuid import UUID, uuid4
@@ -52,15 +53,36 @@ async def test_keys_and_tokens_are_required(client: Client) -> None:
     assert status == 200
 
 
-@pytest.mark.parametrize("path", ["/media/", "/static/"])
-async def test_a_directory_of_files_is_a_problem_document_too(client: Client,
-                                                              path: str) -> None:
-    """aiohttp's static routes refuse to list a directory (403) with a plain-text answer.
-    (A missing file is aiohttp's 404 without a body, left as it is: see the README.)"""
-    status, problem, headers = await client.call("GET", path, None)
-    assert status == 403
-    assert headers["Content-Type"].startswith("application/problem+json")
-    assert (problem["status"], problem["title"]) == (403, "Forbidden")
+async def test_files_are_served_and_every_other_answer_is_a_problem_document(
+        infra: Infra, pool: asyncpg.Pool, tmp_path: Path) -> None:
+    """Media files and the web page's assets are served; a missing file, a directory, a
+    symlink or a name of another shape is a 404 problem document (aiohttp's static routes
+    answered a missing file with a bodiless 404 and a directory with a plain-text 403)."""
+    media = tmp_path / "media"
+    video_id = uuid4()
+    (media / str(video_id)[:2]).mkdir(parents=True)
+    (media / str(video_id)[:2] / f"{video_id}.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42")
+    (tmp_path / "secret.mp4").write_bytes(b"not for the web")
+    linked = uuid4()
+    (media / str(linked)[:2]).mkdir(exist_ok=True)
+    (media / str(linked)[:2] / f"{linked}.mp4").symlink_to(tmp_path / "secret.mp4")
+    async with serving_api(infra, pool, "test-files", media_dir=media) as api:
+        status, _, headers = await api.call("GET", f"/media/{str(video_id)[:2]}/{video_id}.mp4",
+                                            None)
+        assert status == 200
+        assert headers["Content-Type"] == "video/mp4"
+        status, _, _ = await api.call("GET", "/static/app.js", None)
+        assert status == 200
+        missing = uuid4()
+        for path in (f"/media/{str(missing)[:2]}/{missing}.mp4",
+                     f"/media/{str(linked)[:2]}/{linked}.mp4",
+                     f"/media/{str(video_id)[:2]}", "/media/", "/static/", "/static/nope.js",
+                     "/media/../secret.mp4", "/media/%2e%2e/secret.mp4",
+                     "/static/..%2fapp.js"):
+            status, problem, headers = await api.call("GET", path, None)
+            assert status == 404, path
+            assert headers["Content-Type"].startswith("application/problem+json"), path
+            assert (problem["status"], problem["title"]) == (404, "Not found"), path
 
 
 async def test_api_keys_are_stored_hashed(client: Client, pool: asyncpg.Pool) -> None:
@@ -327,6 +349,51 @@ async def test_concurrent_duplicates_create_one_item(client: Client, pool: async
     assert {r[0] for r in results} <= {202, 409}
     assert len({r[1]["id"] for r in results if r[0] == 202}) == 1
     assert (await counts(pool, ws["id"]))[0] == 1
+
+
+async def test_a_grant_with_an_idempotency_key_happens_once(client: Client) -> None:
+    """A grant retried after a lost answer must not grant twice: with the same key, amount
+    and reason it grants nothing more (and says so); with another amount or reason, 422.
+    Without a key every grant counts. The answer shows the ledger with the grant first."""
+    ws = await client.workspace(credits=10)
+    other = await client.workspace(credits=10)
+    path = f"/v1/admin/workspaces/{ws['id']}/credits"
+    body = {"amount": 100, "reason": "invoice 17"}
+    status, first, headers = await client.call("POST", path, ADMIN, body,
+                                               headers={"Idempotency-Key": "inv-17"})
+    assert status == 200, first
+    assert "Idempotent-Replayed" not in headers
+    assert first["balance"] == 110
+    assert [(e["kind"], e["amount"], e["reason"]) for e in first["ledger"]] == [
+        ("grant", 100, "invoice 17"), ("grant", 10, "initial grant")]
+    results = await asyncio.gather(*(
+        client.call("POST", path, ADMIN, body, headers={"Idempotency-Key": "inv-17"})
+        for _ in range(6)))
+    assert {(r[0], r[1]["balance"], r[2].get("Idempotent-Replayed")) for r in results} == {
+        (200, 110, "true")}
+    for changed in ({"amount": 101, "reason": "invoice 17"}, {"amount": 100, "reason": "x"}):
+        status, problem, _ = await client.call("POST", path, ADMIN, changed,
+                                               headers={"Idempotency-Key": "inv-17"})
+        assert (status, problem["title"]) == (422, "Idempotency-Key reused"), problem
+    for bad in ("", "x" * 256, "tab\there"):
+        status, problem, _ = await client.call("POST", path, ADMIN, body,
+                                               headers={"Idempotency-Key": bad})
+        assert status == 422, bad
+        assert problem["errors"][0]["field"] == "Idempotency-Key"
+    # The key is the workspace's: the same key for another workspace is another grant.
+    status, granted, _ = await client.call(
+        "POST", f"/v1/admin/workspaces/{other['id']}/credits", ADMIN, body,
+        headers={"Idempotency-Key": "inv-17"})
+    assert (status, granted["balance"]) == (200, 110)
+    status, _, _ = await client.call("POST", f"/v1/admin/workspaces/{uuid4()}/credits", ADMIN,
+                                     body, headers={"Idempotency-Key": "inv-17"})
+    assert status == 404
+    for expected in (210, 310):
+        status, granted, _ = await client.call("POST", path, ADMIN, body)
+        assert (status, granted["balance"]) == (200, expected)
+    status, credits, _ = await client.call("GET", "/v1/credits", ws["api_key"])
+    assert credits["balance"] == 310
+    assert [e["amount"] for e in credits["ledger"]] == [100, 100, 100, 10]
 
 
 async def test_refused_request_frees_its_key(client: Client) -> None:
