@@ -236,7 +236,10 @@ class VideoCompleted(Envelope):
 class DeadLetter(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    event_id: UUID = Field(default_factory=uuid4)
+    event_id: UUID = Field(
+        default_factory=uuid4,
+        description="derived from the consumer, topic, partition and offset of the message: "
+        "a letter written again (its batch redelivered) has the same id")
     event_type: Literal["message.dead_lettered"] = "message.dead_lettered"
     schema_version: int = 1
     occurred_at: datetime = Field(default_factory=utcnow)

@@ -7,6 +7,7 @@ import base64
 import logging
 from collections.abc import Sequence
 from typing import Any
+from uuid import UUID, uuid5
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from faststream.kafka import KafkaBroker
@@ -121,6 +122,10 @@ MAX_DEAD_ORIGINAL = 256 * 1024
 MAX_DEAD_KEY = 1024
 
 
+#: Dead letters' event ids are derived from the message they carry (see `dead_letter`).
+DEAD_LETTER_IDS = UUID("6f0f4f3e-8d1e-4d8a-9b0c-2a7d5e1c9b41")
+
+
 def dead_letter(
     *,
     consumer: str,
@@ -132,6 +137,7 @@ def dead_letter(
     reason: str,
 ) -> DeadLetter:
     return DeadLetter(
+        event_id=uuid5(DEAD_LETTER_IDS, f"{consumer}|{topic}|{partition}|{offset}"),
         consumer=consumer,
         source_topic=topic,
         partition=partition,

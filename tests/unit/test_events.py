@@ -7,7 +7,7 @@ import base64
 import json
 from datetime import UTC, datetime
 from typing import Any
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import pytest
 from pydantic import TypeAdapter, ValidationError
@@ -142,3 +142,18 @@ def test_a_dead_letter_keeps_the_beginning_of_a_message_too_large_to_carry() -> 
                         value=b"{", reason="r")
     assert (small.original_value_b64, small.original_size, small.original_truncated) == (
         "ew==", 1, False)
+
+
+def test_a_dead_letter_written_again_has_the_same_id() -> None:
+    """A poison message's letter is written again when a later message of its batch fails
+    for a passing reason (the batch is redelivered): readers tell the copies apart from
+    letters of other messages by `event_id`, as on the completion topic."""
+    def letter(consumer: str = "api", topic: str = "t", partition: int = 0,
+               offset: int = 1, reason: str = "r") -> UUID:
+        return dead_letter(consumer=consumer, topic=topic, partition=partition, offset=offset,
+                           key=None, value=b"{", reason=reason).event_id
+
+    assert letter() == letter(reason="another try")
+    others = {letter(consumer="generator"), letter(topic="u"), letter(partition=1),
+              letter(offset=2), letter()}
+    assert len(others) == 5
