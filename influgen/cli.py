@@ -81,8 +81,11 @@ async def run(args: argparse.Namespace, cfg: CliSettings) -> int:
     async with Client(args.url or cfg.api_url, args.api_key or cfg.api_key,
                       admin_token=args.admin_token or cfg.admin_token) as client:
         if args.group == "admin":
-            ws = await client.create_workspace(args.name, credits=args.credits,
-                                               sandbox=args.sandbox)
+            if args.action == "replace-key":
+                ws = await client.replace_key(args.workspace)
+            else:
+                ws = await client.create_workspace(args.name, credits=args.credits,
+                                                   sandbox=args.sandbox)
             _out(args, ws, f"workspace {ws.id}\napi key (shown once): {ws.api_key}")
         elif args.group == "characters" and args.action == "create":
             ch = await client.create_character(args.name, review_mode=args.review_mode)
@@ -188,6 +191,8 @@ def parser() -> argparse.ArgumentParser:
     ws.add_argument("name")
     ws.add_argument("--credits", type=int, default=0)
     ws.add_argument("--sandbox", action="store_true")
+    admin.add_parser("replace-key", help="a new API key; the old one stops working"
+                     ).add_argument("workspace")
 
     chars = groups.add_parser("characters").add_subparsers(dest="action", required=True)
     create = chars.add_parser("create")

@@ -97,6 +97,11 @@ class Client:
         return await self._model(WorkspaceCreated, "POST", "/v1/admin/workspaces", admin=True,
                                  body={"name": name, "credits": credits, "sandbox": sandbox})
 
+    async def replace_key(self, workspace_id: UUID | str) -> WorkspaceCreated:
+        """A new API key for the workspace (shown once); the old one stops working."""
+        return await self._model(WorkspaceCreated, "POST",
+                                 f"/v1/admin/workspaces/{workspace_id}/key", admin=True)
+
     async def grant_credits(self, workspace_id: UUID | str, amount: int, reason: str, *,
                             idempotency_key: str | None = None) -> Credits:
         """With an `idempotency_key`, sending the same grant again grants nothing more."""

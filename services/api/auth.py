@@ -32,7 +32,8 @@ def token_matches(given: str, expected: str) -> bool:
 class KeyCache:
     """Workspaces by API key hash for `ttl` seconds: saves a query on every request.
 
-    Keys cannot be revoked yet; when they can, revocation takes effect within `ttl`."""
+    A key replaced (`forget`) stops working in this process at once and in the others within
+    `ttl`."""
 
     def __init__(self, ttl: float = 10.0, max_entries: int = 10_000) -> None:
         self._ttl = ttl
@@ -49,3 +50,9 @@ class KeyCache:
         if len(self._entries) >= self._max:
             self._entries.clear()
         self._entries[key_hash] = (now + self._ttl, value)
+
+    def forget(self, workspace_id: object) -> None:
+        """Drop the workspace's cached keys (its key was replaced)."""
+        for key_hash, (_, value) in list(self._entries.items()):
+            if getattr(value, "id", None) == workspace_id:
+                del self._entries[key_hash]

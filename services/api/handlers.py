@@ -83,13 +83,26 @@ async def create_workspace(
         )
         if credits:
             await repo.grant(conn, workspace_id=row["id"], amount=credits, reason="initial grant")
-    return {
-        "id": str(row["id"]),
-        "name": row["name"],
-        "api_key": key,
-        "credits_balance": credits,
-        "sandbox": row["sandbox"],
-    }
+    return _with_key(row, key, credits)
+
+
+async def replace_key(pool: asyncpg.Pool, cache: KeyCache,
+                      workspace_id: UUID) -> dict[str, Any] | None:
+    """A new API key for the workspace, None when there is none. The old key stops working
+    at once here and within the key cache's time to live in other api processes."""
+    key = new_api_key()
+    async with pool.acquire() as conn:
+        row = await repo.replace_key_hash(conn, workspace_id=workspace_id,
+                                          key_hash=hash_key(key))
+    if row is None:
+        return None
+    cache.forget(workspace_id)
+    return _with_key(row, key, row["credits_balance"])
+
+
+def _with_key(row: Any, key: str, balance: int) -> dict[str, Any]:
+    return {"id": str(row["id"]), "name": row["name"], "api_key": key,
+            "credits_balance": balance, "sandbox": row["sandbox"]}
 
 
 async def authenticate(pool: asyncpg.Pool, api_key: str, cache: KeyCache) -> Workspace | None:

@@ -30,6 +30,15 @@ async def insert_workspace(
     return row
 
 
+async def replace_key_hash(conn: Conn, *, workspace_id: UUID,
+                           key_hash: bytes) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await conn.fetchrow(
+        "UPDATE workspaces SET api_key_hash = $2 WHERE id = $1 RETURNING *",
+        workspace_id, key_hash,
+    )
+    return row
+
+
 async def workspace_by_key(conn: Conn, *, key_hash: bytes) -> asyncpg.Record | None:
     row: asyncpg.Record | None = await conn.fetchrow(
         "SELECT * FROM workspaces WHERE api_key_hash = $1", key_hash

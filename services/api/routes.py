@@ -200,6 +200,18 @@ async def create_workspace(request: web.Request) -> web.Response:
     return ok(WorkspaceCreated.model_validate(created), 201)
 
 
+@routes.post("/v1/admin/workspaces/{id}/key")
+@operation(summary="Replace a workspace's API key (a leaked one): the new key is shown once; "
+           "the old one stops working at once on this api process, within 10 s on others",
+           responses={200: WorkspaceCreated, 404: None}, auth="adminToken", tags=("admin",))
+async def replace_key(request: web.Request) -> web.Response:
+    replaced = await handlers.replace_key(request.app[POOL], request.app[KEY_CACHE],
+                                          uuid_param(request))
+    if replaced is None:
+        raise handlers.NotFound()
+    return ok(WorkspaceCreated.model_validate(replaced))
+
+
 @routes.post("/v1/admin/workspaces/{id}/credits")
 @operation(summary="Grant credits to a workspace; with an Idempotency-Key, once",
            responses={200: Credits, 404: None}, body=CreditsIn, auth="adminToken",

@@ -60,6 +60,11 @@ def test_a_scripted_session(stack: Stack) -> None:
     listed = as_json(influgen(stack, "--json", "videos", "list", "--status", "approved",
                               key=key))
     assert [v["id"] for v in listed["items"]] == [video["id"]]
+    replaced = as_json(influgen(stack, "--json", "admin", "replace-key", ws["id"]))
+    assert replaced["id"] == ws["id"]
+    assert replaced["api_key"] != key
+    assert influgen(stack, "credits", key=key).returncode == 1
+    assert "available 90" in influgen(stack, "credits", key=replaced["api_key"]).stdout
 
 
 def test_errors_are_readable_and_exit_non_zero(stack: Stack) -> None:

@@ -85,6 +85,31 @@ async def test_files_are_served_and_every_other_answer_is_a_problem_document(
             assert (problem["status"], problem["title"]) == (404, "Not found"), path
 
 
+async def test_a_replaced_key_stops_working_and_the_new_one_works(client: Client) -> None:
+    """A leaked key is replaced by the operator: the workspace, its characters and credits
+    stay; the old key is refused at once by the process that replaced it (it was cached)."""
+    ws = await client.workspace(credits=70)
+    cid = await client.character(ws["api_key"])
+    status, _, _ = await client.call("GET", "/v1/credits", ws["api_key"])  # now cached
+    assert status == 200
+    status, replaced, _ = await client.call("POST", f"/v1/admin/workspaces/{ws['id']}/key",
+                                            ADMIN)
+    assert status == 200, replaced
+    assert (replaced["id"], replaced["name"], replaced["credits_balance"],
+            replaced["sandbox"]) == (ws["id"], ws["name"], 70, False)
+    assert replaced["api_key"].startswith("ifg_")
+    assert replaced["api_key"] != ws["api_key"]
+    status, problem, _ = await client.call("GET", "/v1/credits", ws["api_key"])
+    assert (status, problem["title"]) == (401, "Unauthorized")
+    status, chars, _ = await client.call("GET", "/v1/characters", replaced["api_key"])
+    assert (status, [c["id"] for c in chars["items"]]) == (200, [cid])
+    for token in (None, ws["api_key"], replaced["api_key"]):
+        status, _, _ = await client.call("POST", f"/v1/admin/workspaces/{ws['id']}/key", token)
+        assert status == 401
+    status, _, _ = await client.call("POST", f"/v1/admin/workspaces/{uuid4()}/key", ADMIN)
+    assert status == 404
+
+
 async def test_api_keys_are_stored_hashed(client: Client, pool: asyncpg.Pool) -> None:
     ws = await client.workspace()
     stored = await pool.fetchval("SELECT api_key_hash FROM workspaces WHERE id = $1",
