@@ -6,6 +6,7 @@ transaction as the effect, so the effect happens once whatever Kafka redelivers.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 from uuid import UUID
 
 from shared.db import Conn
@@ -34,3 +35,24 @@ def record(consumer: str, event_ids: str) -> str:
     return ("INSERT INTO inbox (consumer, event_id)"
             f" SELECT {consumer}, unnest({event_ids}::uuid[])"
             " ON CONFLICT DO NOTHING RETURNING event_id")
+
+
+async def purge(conn: Conn, *, older_than: timedelta, batch: int = 10_000) -> int:
+    """Delete inbox rows received more than `older_than` ago, `batch` rows per statement
+    (each its own transaction, so no long lock or transaction); how many were deleted.
+
+    A row guards against a redelivery of its event, which Kafka can make only while the
+    event is still in its topic: `older_than` must exceed the longest a record stays there
+    (the topic's `retention.ms` plus its `segment.ms`: a segment is deleted only once its
+    newest record is past retention)."""
+    deleted = 0
+    while True:
+        status: str = await conn.execute(
+            "DELETE FROM inbox WHERE ctid = ANY (ARRAY(SELECT ctid FROM inbox"
+            " WHERE received_at < now() - $1::interval LIMIT $2))",
+            older_than, batch,
+        )
+        count = int(status.split()[-1])
+        deleted += count
+        if count < batch:
+            return deleted

@@ -33,6 +33,7 @@ from services.api.routes import STATIC, errors_and_auth, routes
 from services.api.settings import ApiSettings
 from services.api.video_routes import routes as video_routes
 from services.api.webhook_routes import routes as webhook_routes
+from shared import inbox
 from shared.catalog import Catalog
 from shared.consumer import stop_broker
 from shared.db import DATABASE_ERRORS, create_pool, migrate
@@ -84,14 +85,19 @@ def build_app(settings: ApiSettings, pool: asyncpg.Pool, broker: KafkaBroker,
     return app
 
 
-async def purge_idempotency_keys(pool: asyncpg.Pool, every: float = 3600) -> None:
-    """Idempotency keys are kept 24 hours; forget older ones hourly."""
+async def housekeeping(pool: asyncpg.Pool, inbox_retention: timedelta,
+                       every: float = 3600) -> None:
+    """Hourly: forget idempotency keys older than 24 hours, and inbox rows older than
+    `inbox_retention` (every api process does it; they only delete)."""
     while True:
         try:
             async with pool.acquire() as conn:
                 await idempotency.purge_expired(conn)
+                deleted = await inbox.purge(conn, older_than=inbox_retention)
+            if deleted:
+                log.info("purged %d inbox rows older than %s", deleted, inbox_retention)
         except DATABASE_ERRORS as exc:
-            log.warning("purging idempotency keys failed: %r", exc)
+            log.warning("housekeeping failed: %r", exc)
         await asyncio.sleep(every)
 
 
@@ -113,7 +119,8 @@ async def serve(settings: ApiSettings) -> None:
     hub = VideoEventHub(settings.database_url)
     tasks = [asyncio.create_task(relay.run(), name="outbox-relay"),
              asyncio.create_task(publisher.run(), name="outbox-publisher"),
-             asyncio.create_task(purge_idempotency_keys(pool), name="idempotency-purge"),
+             asyncio.create_task(housekeeping(
+                 pool, timedelta(days=settings.inbox_retention_days)), name="housekeeping"),
              asyncio.create_task(hub.run(), name="video-events")]
     app = build_app(settings, pool, broker, deps, hub)
     runner = web.AppRunner(app, access_log=None)
