@@ -31,6 +31,7 @@ from services.api.metrics import routes as metrics_routes
 from services.api.ratelimit import RateLimiter
 from services.api.routes import STATIC, errors_and_auth, routes
 from services.api.settings import ApiSettings
+from services.api.tracing import add_request_id
 from services.api.video_routes import routes as video_routes
 from services.api.webhook_routes import routes as webhook_routes
 from shared import inbox
@@ -63,6 +64,7 @@ def build_app(settings: ApiSettings, pool: asyncpg.Pool, broker: KafkaBroker,
         middlewares=[api_metrics.middleware(), errors_and_auth],
         client_max_size=settings.max_body_bytes,
     )
+    app.on_response_prepare.append(add_request_id)
     app[REGISTRY] = api_metrics.registry
     app[SETTINGS] = settings
     app[POOL] = pool

@@ -45,6 +45,7 @@ from services.api.schemas import (
     WorkspaceCreated,
     WorkspaceIn,
 )
+from services.api.tracing import request_id
 from services.api.validation import RequestInvalid
 from shared.db import UNAVAILABLE
 
@@ -66,21 +67,23 @@ async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamR
     except web.HTTPException:
         raise
     except UNAVAILABLE as exc:
-        log.warning("%s %s: the database is unavailable (%r)", request.method, request.path,
-                    exc)
+        log.warning("%s %s [%s]: the database is unavailable (%r)", request.method,
+                    request.path, request_id(request), exc)
         return problem(503, "Service unavailable", "the database is unreachable; retry shortly",
                        headers={"Retry-After": "1"})
     except asyncpg.TransactionRollbackError as exc:
         # A deadlock or a serialization failure: PostgreSQL undid the whole statement, so
         # nothing was created, and the same request may well go through a moment later.
-        log.warning("%s %s: the write was undone by a conflict (%r)", request.method,
-                    request.path, exc)
+        log.warning("%s %s [%s]: the write was undone by a conflict (%r)", request.method,
+                    request.path, request_id(request), exc)
         return problem(503, "Service unavailable",
                        "the write conflicted with another and was undone; retry shortly",
                        headers={"Retry-After": "1"})
     except Exception:
-        log.exception("%s %s failed", request.method, request.path)
-        return problem(500, "Internal server error", "the error was logged")
+        rid = request_id(request)
+        log.exception("%s %s [%s] failed", request.method, request.path, rid)
+        return problem(500, "Internal server error",
+                       f"the error was logged with request id {rid}", request_id=rid)
 
 
 async def _errors_and_auth(request: web.Request, handler: Handler) -> web.StreamResponse:

@@ -71,6 +71,7 @@ async def test_files_are_served_and_every_other_answer_is_a_problem_document(
                                             None)
         assert status == 200
         assert headers["Content-Type"] == "video/mp4"
+        assert len(headers["X-Request-ID"]) == 32  # files too (set as any answer starts)
         status, _, _ = await api.call("GET", "/static/app.js", None)
         assert status == 200
         missing = uuid4()
