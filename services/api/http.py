@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 from uuid import UUID
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import BaseModel, ValidationError
 from pydantic_core import from_json
 
@@ -33,7 +34,12 @@ async def read_json(request: web.Request) -> Any:
     if request.content_type != "application/json":
         raise web.HTTPUnsupportedMediaType(**_problem_error(
             415, "Unsupported media type", "send Content-Type: application/json"))
-    body = await request.read()
+    try:
+        body = await request.read()
+    except (HttpProcessingError, web.RequestPayloadError):  # not the gzip it claims to be
+        raise web.HTTPBadRequest(**_problem_error(
+            400, "Malformed body", "the body could not be read (is its Content-Encoding "
+            "right?)")) from None
     try:
         # pydantic's parser, as for Kafka messages: it refuses what json.loads lets through
         # and the database cannot take (an unpaired surrogate, NaN) or Python cannot nest

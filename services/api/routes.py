@@ -29,7 +29,7 @@ from services.api.keys import (
 )
 from services.api.openapi import build as build_openapi
 from services.api.openapi import operation
-from services.api.problems import invalid, problem
+from services.api.problems import PROBLEM_TYPE, invalid, problem
 from services.api.ratelimit import retry_after_header
 from services.api.schemas import (
     Character,
@@ -127,8 +127,10 @@ async def _errors_and_auth(request: web.Request, handler: Handler) -> web.Stream
         return problem(405, "Method not allowed", headers={"Allow": ",".join(exc.allowed_methods)})
     except web.HTTPNotFound:
         return problem(404, "Not found")
-    except web.HTTPClientError as exc:  # aiohttp's own, such as 403 for a media directory
-        return problem(exc.status, exc.reason)
+    except web.HTTPClientError as exc:
+        if exc.content_type == PROBLEM_TYPE:  # ours (`http.read_json`), with its detail
+            raise
+        return problem(exc.status, exc.reason)  # aiohttp's own
 
 
 # --- health and documents ---------------------------------------------------------------

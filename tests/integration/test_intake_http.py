@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import json
 from pathlib import Path
 from typing import Any
@@ -237,26 +238,36 @@ async def test_another_workspaces_character_and_video_are_invisible(client: Clie
         assert status == 404
 
 
+JSON = {"Content-Type": "application/json"}
+
+
 @pytest.mark.parametrize(
-    ("data", "content_type", "status"),
-    [("not json", "application/json", 400), ("[1, 2]", "application/json", 422),
-     ('{"a": 1}', "text/plain", 415), ("x" * (1024 * 1024 + 10), "application/json", 413),
+    ("data", "headers", "status", "title"),
+    [(b"not json", JSON, 400, "Malformed JSON"), (b"[1, 2]", JSON, 422, "The request is invalid"),
+     (b'{"a": 1}', {"Content-Type": "text/plain"}, 415, "Unsupported media type"),
+     (b"x" * (1024 * 1024 + 10), JSON, 413, "Request body too large"),
      # Too deep for json.loads, and a string PostgreSQL cannot encode: each was a 500.
-     ("[" * 100_000, "application/json", 400),
-     ('{"character_id": "$CID", "scene_description": "a\\ud800"}', "application/json", 400)],
+     (b"[" * 100_000, JSON, 400, "Malformed JSON"),
+     (b'{"character_id": "$CID", "scene_description": "a\\ud800"}', JSON, 400,
+      "Malformed JSON"),
+     # A body that does not decode as its Content-Encoding says: was a 500.
+     (b"not gzip", {**JSON, "Content-Encoding": "gzip"}, 400, "Malformed body"),
+     # A gzip bomb: 50 MiB of JSON in 50 KiB.
+     (gzip.compress(b'{"a": "' + b"0" * (50 << 20) + b'"}'), {**JSON, "Content-Encoding": "gzip"},
+      413, "Request body too large")],
 )
-async def test_malformed_bodies(client: Client, pool: asyncpg.Pool, data: str,
-                                content_type: str, status: int) -> None:
+async def test_malformed_bodies(client: Client, pool: asyncpg.Pool, data: bytes,
+                                headers: dict[str, str], status: int, title: str) -> None:
     ws = await client.workspace()
-    if "$CID" in data:
-        data = data.replace("$CID", await client.character(ws["api_key"]))
+    if b"$CID" in data:
+        data = data.replace(b"$CID", (await client.character(ws["api_key"])).encode())
     before = await counts(pool, ws["id"])
-    got, problem, headers = await client.call(
-        "POST", "/v1/videos", ws["api_key"], data=data.encode(),
-        headers={"Content-Type": content_type})
+    got, problem, answer_headers = await client.call(
+        "POST", "/v1/videos", ws["api_key"], data=data, headers=headers)
     assert got == status
-    assert headers["Content-Type"].startswith("application/problem+json")
-    assert problem["status"] == status
+    assert answer_headers["Content-Type"].startswith("application/problem+json")
+    assert (problem["status"], problem["title"]) == (status, title)
+    assert problem.get("detail")  # what was wrong, not only the status's name
     assert await counts(pool, ws["id"]) == before
 
 
