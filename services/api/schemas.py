@@ -7,7 +7,15 @@ from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+)
 
 from services.api.validation import OUT_OF_RANGE, VideoRequest, not_blank
 from shared.events import (
@@ -141,15 +149,21 @@ class VideoQuery(Strict):
     limit: int = Field(default=20, ge=1, le=100)
     cursor: str | None = None
 
-    @field_validator("planned_from", "planned_to")
+    @field_validator("planned_from", "planned_to", mode="wrap")
     @classmethod
-    def _representable(cls, value: datetime | date | None) -> datetime | date | None:
-        if isinstance(value, datetime) and value.tzinfo is not None:
+    def _when(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> datetime | date | None:
+        """One error for a value that is neither (the union's two said the same thing,
+        under `planned_from.datetime` and `planned_from.date`)."""
+        try:
+            when: datetime | date | None = handler(value)
+        except ValidationError:
+            raise ValueError("must be a date (YYYY-MM-DD) or an ISO 8601 date-time") from None
+        if isinstance(when, datetime) and when.tzinfo is not None:
             try:
-                value.astimezone(UTC)  # as the database driver sends it
+                when.astimezone(UTC)  # as the database driver sends it
             except OverflowError:
                 raise ValueError(OUT_OF_RANGE) from None
-        return value
+        return when
 
 
 class VideoList(BaseModel):

@@ -352,6 +352,17 @@ async def test_a_list_filter_given_twice_is_refused(client: Client) -> None:
     assert problem["errors"][0]["message"] == "given more than once"
 
 
+@pytest.mark.parametrize("value", ["2026-13-01", "tomorrow", "2026-12-02T25:00:00Z", ""])
+async def test_a_planned_bound_that_is_no_date_is_one_error(client: Client, value: str) -> None:
+    """Not two, under `planned_from.datetime` and `planned_from.date` (the union's members)."""
+    ws = await client.workspace()
+    status, problem, _ = await client.call(
+        "GET", f"/v1/videos?planned_from={value}&planned_to=2026-12-04", ws["api_key"])
+    assert status == 422
+    assert [(e["field"], e["message"]) for e in problem["errors"]] == [
+        ("planned_from", "must be a date (YYYY-MM-DD) or an ISO 8601 date-time")]
+
+
 async def test_idempotency_key_replays_refuses_and_blocks(client: Client,
                                                           pool: asyncpg.Pool) -> None:
     ws = await client.workspace()
