@@ -117,6 +117,8 @@ class Stack:
 
     def start_service(self, name: str) -> int:
         pid = self.service_pid(name)
+        if pid is not None and not self.ready_file(name).exists():
+            pid = self._serves_or_exits(name, pid)
         if pid is not None:
             return pid
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -131,6 +133,18 @@ class Stack:
             )
         (self.pids / f"{name}.pid").write_text(str(proc.pid))
         return proc.pid
+
+    def _serves_or_exits(self, name: str, pid: int, timeout: float = 90) -> int | None:
+        """A process that is alive but not ready is starting or stopping (a service removes
+        its ready file as it starts to stop): wait until it serves (its pid) or has exited
+        (None: start another), so that `make up` right after a SIGTERM does not count a
+        process on its way out as running."""
+        deadline = time.monotonic() + timeout
+        while not self.ready_file(name).exists() and time.monotonic() < deadline:
+            if self.service_pid(name) != pid:
+                return None
+            time.sleep(0.1)
+        return pid
 
     def stop_service(self, name: str) -> None:
         pid = self.service_pid(name)

@@ -44,10 +44,22 @@ async def wait_for_stop_signal() -> None:
             loop.remove_signal_handler(sig)
 
 
-async def serve_until_stopped(tasks: list[asyncio.Task[Any]]) -> None:
-    """Return on SIGTERM or SIGINT. The tasks run for the life of the process: if one ends,
-    raise, so that the process exits and its supervisor (`make run`, `make up`, systemd)
-    restarts it, rather than living on without, say, its worker or its outbox relay."""
+async def serve_until_stopped(tasks: list[asyncio.Task[Any]],
+                              ready_file: Path | None = None) -> None:
+    """Say the process is ready (`ready_file`), and return on SIGTERM or SIGINT, no longer
+    ready (the file is gone as the process starts to stop, so that `make up` tells a
+    process that is stopping from one that serves). The tasks run for the life of the
+    process: if one ends, raise, so that the process exits and its supervisor (`make run`,
+    `make up`, systemd) restarts it, rather than living on without, say, its worker or its
+    outbox relay."""
+    mark_ready(ready_file)
+    try:
+        await _until_stopped(tasks)
+    finally:
+        mark_not_ready(ready_file)
+
+
+async def _until_stopped(tasks: list[asyncio.Task[Any]]) -> None:
     stop = asyncio.create_task(wait_for_stop_signal(), name="stop-signal")
     done, _ = await asyncio.wait({stop, *tasks}, return_when=asyncio.FIRST_COMPLETED)
     if stop in done:
@@ -62,6 +74,11 @@ def mark_ready(path: Path | None) -> None:
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(str(os.getpid()))
+
+
+def mark_not_ready(path: Path | None) -> None:
+    if path is not None:
+        path.unlink(missing_ok=True)
 
 
 async def cancel(*tasks: asyncio.Task[object]) -> None:

@@ -40,7 +40,7 @@ from shared.consumer import stop_broker
 from shared.db import DATABASE_ERRORS, create_pool, migrate
 from shared.kafka import make_broker
 from shared.outbox import OutboxRelay, Publisher
-from shared.runtime import cancel, configure_logging, mark_ready, run, serve_until_stopped
+from shared.runtime import cancel, configure_logging, run, serve_until_stopped
 
 log = logging.getLogger("influgen.api")
 
@@ -130,9 +130,8 @@ async def serve(settings: ApiSettings) -> None:
     site = web.TCPSite(runner, settings.api_host, settings.api_port, reuse_address=True)
     await site.start()
     log.info("api listening on http://%s:%d", settings.api_host, settings.api_port)
-    mark_ready(settings.ready_file)
     try:
-        await serve_until_stopped(tasks)
+        await serve_until_stopped(tasks, settings.ready_file)
     finally:
         log.info("api stopping")
         await runner.cleanup()

@@ -14,7 +14,7 @@ from shared.consumer import stop_broker
 from shared.db import create_pool, migrate
 from shared.kafka import make_broker
 from shared.outbox import OutboxRelay, Publisher
-from shared.runtime import cancel, configure_logging, mark_ready, run, serve_until_stopped
+from shared.runtime import cancel, configure_logging, run, serve_until_stopped
 
 log = logging.getLogger("influgen.finalizer")
 
@@ -49,9 +49,8 @@ async def serve(settings: FinalizerSettings) -> None:
              asyncio.create_task(publisher.run(), name="outbox-publisher"),
              asyncio.create_task(sender.run(), name="webhook-sender")]
     log.info("finalizer running")
-    mark_ready(settings.ready_file)
     try:
-        await serve_until_stopped(tasks)
+        await serve_until_stopped(tasks, settings.ready_file)
     finally:
         log.info("finalizer stopping")
         await stop_broker(broker)

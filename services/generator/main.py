@@ -26,7 +26,7 @@ from shared.consumer import stop_broker
 from shared.db import WalFlusher, create_pool, migrate
 from shared.kafka import make_broker
 from shared.outbox import OutboxRelay, Publisher
-from shared.runtime import cancel, configure_logging, mark_ready, run, serve_until_stopped
+from shared.runtime import cancel, configure_logging, run, serve_until_stopped
 
 log = logging.getLogger("influgen.generator")
 
@@ -94,9 +94,8 @@ async def serve(settings: GeneratorSettings) -> None:
              asyncio.create_task(relay.run(), name="outbox-relay"),
              asyncio.create_task(publisher.run(), name="outbox-publisher")]
     log.info("generator running")
-    mark_ready(settings.ready_file)
     try:
-        await serve_until_stopped(tasks)
+        await serve_until_stopped(tasks, settings.ready_file)
     finally:
         log.info("generator stopping")
         await stop_broker(broker)

@@ -173,3 +173,27 @@ async def test_a_failure_after_retries_releases_the_credits(
     _, credits = await crash_api.call("GET", "/v1/credits", key)
     assert (credits["balance"], credits["reserved"], credits["available"]) == (100, 0, 100)
     await exactly_once(crash_stack, created["id"])
+
+
+async def test_up_right_after_a_stop_signal_starts_the_service_again(
+        crash_api: Api, crash_stack: Stack) -> None:
+    """`make up` run just after a SIGTERM counted the service on its way out as running (its
+    ready file stayed while it stopped) and returned with the service gone for good."""
+    old = crash_stack.service_pid("finalizer")
+    assert old is not None
+    os.killpg(old, signal.SIGTERM)
+    await asyncio.sleep(0.05)  # it has begun to stop (which takes 0.1-1.6 s here)
+    # What `up` does for each service, without its preamble (PostgreSQL, Kafka, topics),
+    # which here can outlast the stop and hide the flaw.
+    await asyncio.to_thread(crash_stack.start_service, "finalizer")
+    await asyncio.to_thread(crash_stack.wait_services)
+    new = crash_stack.service_pid("finalizer")
+    assert new is not None
+    assert new != old
+    assert not pid_alive(old)
+    assert crash_stack.ready_file("finalizer").read_text() == str(new)
+    key = await crash_api.workspace()
+    character = await crash_api.character(key, "autopilot")
+    created = await crash_api.video(key, character, duration_seconds=5, quality_tier="draft")
+    video = await wait_terminal(crash_api, key, created["id"], timeout=60)
+    assert video["status"] == "approved"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from pathlib import Path
 
 import pytest
 
@@ -74,20 +75,30 @@ async def test_stop_task_does_not_swallow_the_callers_cancellation() -> None:
     await inner
 
 
-async def test_a_background_task_that_ends_ends_the_service() -> None:
+async def test_a_background_task_that_ends_ends_the_service(tmp_path: Path) -> None:
     async def dies() -> None:
         await asyncio.sleep(0.01)
         raise ConnectionError("lost it")
 
     forever = asyncio.create_task(asyncio.sleep(60), name="relay")
+    ready = tmp_path / "service.ready"
     with pytest.raises(RuntimeError, match="'worker' ended: ConnectionError"):
-        await serve_until_stopped([asyncio.create_task(dies(), name="worker"), forever])
+        await serve_until_stopped([asyncio.create_task(dies(), name="worker"), forever], ready)
+    assert not ready.exists()
     await stop_task(forever)
 
 
-async def test_the_stop_signal_ends_the_service_quietly() -> None:
+async def test_the_stop_signal_ends_the_service_quietly(tmp_path: Path) -> None:
+    """Ready while it serves; no longer ready once it stops (`make up` waits for a process
+    without its ready file to serve or exit)."""
+    ready = tmp_path / "service.ready"
     forever = asyncio.create_task(asyncio.sleep(60))
-    asyncio.get_running_loop().call_later(0.05, os.kill, os.getpid(), signal.SIGTERM)
-    await serve_until_stopped([forever])
+    seen: list[bool] = []
+    loop = asyncio.get_running_loop()
+    loop.call_later(0.03, lambda: seen.append(ready.read_text() == str(os.getpid())))
+    loop.call_later(0.05, os.kill, os.getpid(), signal.SIGTERM)
+    await serve_until_stopped([forever], ready)
+    assert seen == [True]
+    assert not ready.exists()
     assert not forever.done()  # the caller stops its tasks itself
     await stop_task(forever)
