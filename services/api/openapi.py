@@ -27,6 +27,9 @@ class Operation:
     query: type[BaseModel] | None = None
     auth: str | None = "apiKey"  # "apiKey", "adminToken" or None (public)
     headers: dict[str, str] = field(default_factory=dict)
+    #: headers of the answers, by status (beside X-Request-ID on every one and Retry-After
+    #: on 429s and 503s)
+    response_headers: dict[int, dict[str, str]] = field(default_factory=dict)
     tags: tuple[str, ...] = ()
 
 
@@ -36,6 +39,11 @@ def operation(**kwargs: Any) -> Callable[[H], H]:
         return handler
 
     return mark
+
+
+_EVERY_ANSWER = {"X-Request-ID": "the request's id: the client's own if it sent a plain one "
+                 "(1-128 letters, digits and ._:-), else a new one; a 500 names it"}
+_RETRY = {"Retry-After": "seconds to wait before trying again"}
 
 
 def _errors(op: Operation) -> dict[int, str]:
@@ -93,6 +101,12 @@ def build(app: web.Application, *, title: str, version: str) -> dict[str, Any]:
         problem = {"application/problem+json": {"schema": refs[(Problem, "serialization")]}}
         for status, text in _errors(op).items():
             responses.setdefault(str(status), {"description": text, "content": problem})
+        for status_text, response in responses.items():
+            status = int(status_text)
+            described = {**_EVERY_ANSWER, **(_RETRY if status in (429, 503) else {}),
+                         **op.response_headers.get(status, {})}
+            response["headers"] = {name: {"description": text, "schema": {"type": "string"}}
+                                   for name, text in described.items()}
         entry: dict[str, Any] = {"summary": op.summary, "responses": responses,
                                  "tags": list(op.tags)}
         if params:

@@ -224,7 +224,9 @@ async def replace_key(request: web.Request) -> web.Response:
            headers={"Idempotency-Key": "1 to 255 printable characters, kept with the grant: "
                     "the same key, amount and reason grants nothing more and answers the "
                     "workspace's credits (Idempotent-Replayed: true); another amount or "
-                    "reason 422"})
+                    "reason 422"},
+           response_headers={200: {"Idempotent-Replayed": "true when the key's grant was "
+                                   "made before and nothing was granted now"}})
 async def grant_credits(request: web.Request) -> web.Response:
     ws_id = uuid_param(request)
     data = await body_of(request, CreditsIn)

@@ -52,6 +52,10 @@ def _accepted(resource: VideoResource, replayed: bool = False) -> web.Response:
     responses={202: VideoResource, 200: DryRun, 402: None, 409: None},
     body=VideoRequest, query=CreateQuery, tags=("videos",),
     headers={"Idempotency-Key": IDEMPOTENCY_KEY_DOC},
+    response_headers={202: {"Location": "the video's URL, /v1/videos/{id}",
+                            "Idempotent-Replayed": "true when this is the first response "
+                            "to the same Idempotency-Key and body, replayed"},
+                      409: {"Retry-After": "seconds to wait before trying again"}},
 )
 async def create_video(request: web.Request) -> web.Response:
     deps = request.app[DEPS]

@@ -40,7 +40,15 @@ def test_document_covers_the_api_and_the_request_contract(openapi_doc: dict[str,
     assert request["required"] == ["character_id", "scene_description"]
     duration = request["properties"]["duration_seconds"]
     assert (duration["minimum"], duration["maximum"], duration["default"]) == (5, 60, 8)
-    assert set(paths["/v1/videos"]["post"]["responses"]) >= {"202", "402", "409", "422", "429"}
+    responses = paths["/v1/videos"]["post"]["responses"]
+    assert set(responses) >= {"202", "402", "409", "422", "429"}
+    # The answers' headers: every answer's id, the 202's location and replay, retry waits.
+    assert set(responses["202"]["headers"]) == {"X-Request-ID", "Location",
+                                                "Idempotent-Replayed"}
+    assert set(responses["429"]["headers"]) == {"X-Request-ID", "Retry-After"}
+    assert set(responses["409"]["headers"]) == {"X-Request-ID", "Retry-After"}
+    assert all("X-Request-ID" in answer["headers"] for path in paths.values()
+               for op in path.values() for answer in op["responses"].values())
 
 
 def test_docs_page_renders_the_document(stack: Stack) -> None:
