@@ -24,8 +24,8 @@ class ApiSettings(CommonSettings):
     #: wait for each other's lock on its row), which cost more on two cores than the overlap
     #: gained, with one workspace or eight (docs/performance.md, 2026-12-02).
     intake_batch_max: int = 128
+    intake_batch_concurrency: int = 1
     #: Inbox rows older than this are deleted (hourly). It must exceed the longest a record
     #: stays in a topic, Kafka's `retention.ms` plus `segment.ms` (7 + 7 days by default):
     #: only a record still there can be delivered again.
     inbox_retention_days: float = Field(default=15, gt=0)
-    intake_batch_concurrency: int = 1
