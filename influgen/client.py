@@ -29,6 +29,7 @@ from services.api.schemas import (
     WebhookCreated,
     WebhookDeliveryList,
     WebhookList,
+    WebhookSecret,
     WorkspaceCreated,
 )
 from shared.events import FieldError, VideoResource
@@ -198,6 +199,10 @@ class Client:
 
     async def webhooks(self) -> list[Webhook]:
         return (await self._model(WebhookList, "GET", "/v1/webhooks")).items
+
+    async def replace_webhook_secret(self, webhook_id: UUID | str) -> WebhookSecret:
+        """A new secret (shown once); the previous one signs deliveries too for 24 hours."""
+        return await self._model(WebhookSecret, "POST", f"/v1/webhooks/{webhook_id}/secret")
 
     async def delete_webhook(self, webhook_id: UUID | str) -> None:
         await self._call("DELETE", f"/v1/webhooks/{webhook_id}")

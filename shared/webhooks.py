@@ -14,6 +14,7 @@ import hmac
 import ipaddress
 import secrets
 import socket
+from collections.abc import Sequence
 
 from shared.urls import split_http_url
 
@@ -30,9 +31,13 @@ def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
 
 
-def headers(secret: str, msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+def headers(secrets: Sequence[str], msg_id: str, timestamp: int,
+            body: bytes) -> dict[str, str]:
+    """A delivery's headers, signed with each of `secrets` (the endpoint's, and for a while
+    after it was replaced the previous one too): space-separated, as Standard Webhooks
+    lists several signatures; a receiver accepts a delivery if any one verifies."""
     return {"webhook-id": msg_id, "webhook-timestamp": str(timestamp),
-            "webhook-signature": sign(secret, msg_id, timestamp, body),
+            "webhook-signature": " ".join(sign(s, msg_id, timestamp, body) for s in secrets),
             "Content-Type": "application/json"}
 
 

@@ -204,6 +204,13 @@ class WebhookCreated(Webhook):
     secret: str = Field(description="Shown once: verify signatures with it")
 
 
+class WebhookSecret(BaseModel):
+    id: UUID
+    secret: str = Field(description="Shown once: the endpoint's new secret")
+    previous_secret_expires_at: datetime = Field(
+        description="Until then deliveries are signed with the previous secret as well")
+
+
 class WebhookList(BaseModel):
     items: list[Webhook]
 

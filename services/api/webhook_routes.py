@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from uuid import uuid4
 
 from aiohttp import web
@@ -20,6 +21,7 @@ from services.api.schemas import (
     WebhookDeliveryList,
     WebhookIn,
     WebhookList,
+    WebhookSecret,
 )
 from services.api.validation import RequestInvalid
 from shared.events import FieldError
@@ -28,6 +30,8 @@ from shared.webhooks import UrlRefused, check_url, new_secret
 routes = web.RouteTableDef()
 #: Endpoints per workspace: every completion event is a delivery to each of them.
 MAX_ENDPOINTS = 16
+#: How long after a secret is replaced deliveries are still signed with it too.
+SECRET_OVERLAP = timedelta(hours=24)
 
 
 @routes.post("/v1/webhooks")
@@ -64,6 +68,22 @@ async def list_webhooks(request: web.Request) -> web.Response:
         "SELECT * FROM webhook_endpoints WHERE workspace_id = $1 AND deleted_at IS NULL"
         " ORDER BY created_at", workspace_of(request).id)
     return ok(WebhookList(items=[Webhook.model_validate(dict(r)) for r in rows]))
+
+
+@routes.post("/v1/webhooks/{id}/secret")
+@operation(summary="Replace the endpoint's secret (shown once); deliveries are signed with "
+           "the previous one as well for 24 hours, so that the receiver can switch over",
+           responses={200: WebhookSecret, 404: None}, tags=("webhooks",))
+async def replace_secret(request: web.Request) -> web.Response:
+    row = await request.app[POOL].fetchrow(
+        "UPDATE webhook_endpoints SET previous_secret = secret, secret = $3,"
+        " previous_secret_expires_at = now() + $4::interval"
+        " WHERE id = $1 AND workspace_id = $2 AND deleted_at IS NULL"
+        " RETURNING id, secret, previous_secret_expires_at",
+        uuid_param(request), workspace_of(request).id, new_secret(), SECRET_OVERLAP)
+    if row is None:
+        raise handlers.NotFound()
+    return ok(WebhookSecret.model_validate(dict(row)))
 
 
 @routes.delete("/v1/webhooks/{id}")

@@ -159,7 +159,8 @@ class WebhookSender:
               FROM due, webhook_endpoints e
              WHERE d.id = due.id AND e.id = d.endpoint_id
             RETURNING d.id, d.event_id, d.payload, d.attempts, d.give_up_at, e.url, e.secret,
-                      e.deleted_at
+                      e.deleted_at, CASE WHEN e.previous_secret_expires_at > now()
+                                         THEN e.previous_secret END AS previous_secret
             """,
             self._cfg.concurrency, self._cfg.timeout_seconds * 3)
         return rows
@@ -176,7 +177,8 @@ class WebhookSender:
             await asyncio.to_thread(check_url, row["url"], allow_private=self._cfg.allow_private)
             async with self._http.post(
                 row["url"], data=body,
-                headers=headers(row["secret"], str(row["event_id"]), int(time.time()), body),
+                headers=headers([s for s in (row["secret"], row["previous_secret"]) if s],
+                                str(row["event_id"]), int(time.time()), body),
                 timeout=aiohttp.ClientTimeout(total=self._cfg.timeout_seconds),
                 allow_redirects=False,
             ) as resp:

@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
+from uuid import UUID, uuid4
 
+import asyncpg
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
+from devstack.stack import Stack
 from tests.e2e.conftest import Api
 from tests.e2e.test_pipeline import wait_terminal
 
@@ -96,3 +99,56 @@ async def test_endpoints_filter_list_and_delete(api: Api, receiver: Receiver) ->
     assert listed["items"] == []
     status, _ = await api.call("DELETE", f"/v1/webhooks/{only_failed['id']}", key)
     assert status == 404
+
+
+async def test_a_replaced_secret_signs_beside_the_new_one_until_it_expires(
+        api: Api, stack: Stack) -> None:
+    """The receiver switches its verification over at its own pace: for 24 hours after the
+    secret is replaced, each delivery verifies with the old secret and with the new."""
+    hook = Receiver(failures=0)
+    app = web.Application()
+    app.router.add_post("/hooks", hook.handle)
+    server = TestServer(app)
+    await server.start_server()
+    try:
+        key = await api.workspace(sandbox=True)
+        _, endpoint = await api.call("POST", "/v1/webhooks", key, {
+            "url": str(server.make_url("/hooks")), "event_types": ["video.approved"]})
+        status, replaced = await api.call("POST", f"/v1/webhooks/{endpoint['id']}/secret", key)
+        assert status == 200, replaced
+        assert replaced["secret"].startswith("whsec_")
+        assert replaced["secret"] != endpoint["secret"]
+        character = await api.character(key, "autopilot")
+
+        async def delivered() -> tuple[dict[str, str], bytes]:
+            count = len(hook.requests)
+            created = await api.video(key, character, duration_seconds=5)
+            await wait_terminal(api, key, created["id"])
+            for _ in range(200):
+                if len(hook.requests) > count:
+                    break
+                await asyncio.sleep(0.05)
+            return hook.requests[count]
+
+        headers, body = await delivered()
+        assert len(headers["webhook-signature"].split(" ")) == 2
+        for secret in (endpoint["secret"], replaced["secret"]):
+            Webhook(secret).verify(body, headers)  # raises on a bad signature
+        conn = await asyncpg.connect(stack.database_url)
+        try:  # the 24 hours are over
+            await conn.execute("UPDATE webhook_endpoints SET previous_secret_expires_at ="
+                               " now() - interval '1 second' WHERE id = $1",
+                               UUID(endpoint["id"]))
+        finally:
+            await conn.close()
+        headers, body = await delivered()
+        assert len(headers["webhook-signature"].split(" ")) == 1
+        Webhook(replaced["secret"]).verify(body, headers)
+        with pytest.raises(WebhookVerificationError):
+            Webhook(endpoint["secret"]).verify(body, headers)
+        other = await api.workspace(sandbox=True)
+        for who, path in ((other, endpoint["id"]), (key, str(uuid4()))):
+            status, _ = await api.call("POST", f"/v1/webhooks/{path}/secret", who)
+            assert status == 404
+    finally:
+        await server.close()
