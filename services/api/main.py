@@ -26,7 +26,7 @@ from services.api.keys import (
     VIDEO_WRITER,
 )
 from services.api.live import routes as live_routes
-from services.api.metrics import REGISTRY, ApiMetrics
+from services.api.metrics import METRICS, ApiMetrics
 from services.api.metrics import routes as metrics_routes
 from services.api.ratelimit import RateLimiter
 from services.api.routes import STATIC, errors_and_auth, routes
@@ -65,7 +65,7 @@ def build_app(settings: ApiSettings, pool: asyncpg.Pool, broker: KafkaBroker,
         client_max_size=settings.max_body_bytes,
     )
     app.on_response_prepare.append(add_request_id)
-    app[REGISTRY] = api_metrics.registry
+    app[METRICS] = api_metrics
     app[SETTINGS] = settings
     app[POOL] = pool
     app[BROKER] = broker
