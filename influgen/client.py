@@ -31,6 +31,7 @@ from services.api.schemas import (
     WebhookList,
     WebhookSecret,
     WorkspaceCreated,
+    WorkspaceInfo,
 )
 from shared.events import FieldError, VideoResource
 
@@ -97,6 +98,10 @@ class Client:
                                sandbox: bool = False) -> WorkspaceCreated:
         return await self._model(WorkspaceCreated, "POST", "/v1/admin/workspaces", admin=True,
                                  body={"name": name, "credits": credits, "sandbox": sandbox})
+
+    async def workspace(self, workspace_id: UUID | str) -> WorkspaceInfo:
+        return await self._model(WorkspaceInfo, "GET", f"/v1/admin/workspaces/{workspace_id}",
+                                 admin=True)
 
     async def replace_key(self, workspace_id: UUID | str) -> WorkspaceCreated:
         """A new API key for the workspace (shown once); the old one stops working."""

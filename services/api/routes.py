@@ -44,6 +44,7 @@ from services.api.schemas import (
     TierInfo,
     WorkspaceCreated,
     WorkspaceIn,
+    WorkspaceInfo,
 )
 from services.api.tracing import request_id
 from services.api.validation import RequestInvalid
@@ -203,6 +204,21 @@ async def create_workspace(request: web.Request) -> web.Response:
         request.app[POOL], name=data.name, credits=data.credits, sandbox=data.sandbox
     )
     return ok(WorkspaceCreated.model_validate(created), 201)
+
+
+@routes.get("/v1/admin/workspaces/{id}")
+@operation(summary="A workspace: name, sandbox, credits and the newest 100 ledger entries",
+           responses={200: WorkspaceInfo, 404: None}, auth="adminToken", tags=("admin",))
+async def get_workspace(request: web.Request) -> web.Response:
+    ws_id = uuid_param(request)
+    async with request.app[POOL].acquire() as conn, conn.transaction(
+            isolation="repeatable_read", readonly=True):  # the row and its ledger agree
+        row = await conn.fetchrow("SELECT id, name, sandbox, created_at FROM workspaces"
+                                  " WHERE id = $1", ws_id)
+        if row is None:
+            raise handlers.NotFound()
+        summary = await repo.credits(conn, workspace_id=ws_id, limit=LEDGER_SHOWN)
+    return ok(WorkspaceInfo.model_validate({**dict(row), "credits": summary}))
 
 
 @routes.post("/v1/admin/workspaces/{id}/key")

@@ -113,6 +113,16 @@ class Credits(BaseModel):
     ledger: list[LedgerEntry] = Field(default_factory=list, description="newest first")
 
 
+class WorkspaceInfo(BaseModel):
+    """A workspace as its operator sees it (the API key is never shown again)."""
+
+    id: UUID
+    name: str
+    sandbox: bool
+    created_at: datetime
+    credits: Credits
+
+
 class TierInfo(BaseModel):
     credits_per_second: float
     short_side: int

@@ -87,6 +87,28 @@ async def test_files_are_served_and_every_other_answer_is_a_problem_document(
             assert (problem["status"], problem["title"]) == (404, "Not found"), path
 
 
+async def test_an_operator_reads_a_workspace_and_its_credits(client: Client) -> None:
+    ws = await client.workspace(credits=100)
+    cid = await client.character(ws["api_key"])
+    await client.call("POST", f"/v1/admin/workspaces/{ws['id']}/credits", ADMIN,
+                      {"amount": 50, "reason": "top-up"})
+    status, _, _ = await client.call("POST", "/v1/videos", ws["api_key"], {
+        "character_id": cid, "scene_description": SCENE, "duration_seconds": 10})
+    assert status == 202
+    status, info, _ = await client.call("GET", f"/v1/admin/workspaces/{ws['id']}", ADMIN)
+    assert status == 200, info
+    assert (info["id"], info["name"], info["sandbox"]) == (ws["id"], ws["name"], False)
+    assert "api_key" not in info
+    credits = info["credits"]
+    assert (credits["balance"], credits["reserved"], credits["available"]) == (150, 10, 140)
+    assert [(e["kind"], e["amount"]) for e in credits["ledger"]] == [
+        ("reserve", 10), ("grant", 50), ("grant", 100)]
+    for token, path, expected in ((ws["api_key"], ws["id"], 401), (ADMIN, str(uuid4()), 404),
+                                  (ADMIN, "nope", 404)):
+        status, _, _ = await client.call("GET", f"/v1/admin/workspaces/{path}", token)
+        assert status == expected
+
+
 async def test_a_replaced_key_stops_working_and_the_new_one_works(client: Client) -> None:
     """A leaked key is replaced by the operator: the workspace, its characters and credits
     stay; the old key is refused at once by the process that replaced it (it was cached)."""
