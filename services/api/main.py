@@ -12,6 +12,7 @@ from faststream.kafka import KafkaBroker
 
 from services.api import consumer, idempotency
 from services.api.auth import KeyCache
+from services.api.browser import browser_headers
 from services.api.event_hub import VideoEventHub
 from services.api.files import ASSET_NAME, MEDIA_NAME, file_routes
 from services.api.handlers import IntakeDeps, video_writer
@@ -65,6 +66,7 @@ def build_app(settings: ApiSettings, pool: asyncpg.Pool, broker: KafkaBroker,
         client_max_size=settings.max_body_bytes,
     )
     app.on_response_prepare.append(add_request_id)
+    app.on_response_prepare.append(browser_headers(settings.public_url))
     app[METRICS] = api_metrics
     app[SETTINGS] = settings
     app[POOL] = pool

@@ -26,7 +26,13 @@ async def test_generate_watch_and_approve_in_the_browser(stack: Stack) -> None:
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
         page = await browser.new_page(viewport={"width": 1280, "height": 1000})
-        await page.goto(stack.api_url + "/")
+        # The pages run under a Content-Security-Policy: whatever it blocks is a console
+        # error, and the page would be broken where it was used.
+        errors: list[str] = []
+        page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+        answer = await page.goto(stack.api_url + "/")
+        assert answer is not None
+        assert "script-src 'self'" in answer.headers["content-security-policy"]
         await page.get_by_label("API key").fill(ws["api_key"])
         await page.get_by_role("button", name="Use key").click()
         await expect(page.locator("#character option")).to_have_count(1)
@@ -60,4 +66,11 @@ async def test_generate_watch_and_approve_in_the_browser(stack: Stack) -> None:
         await expect(page.locator("#review-queue li")).to_have_count(0)
         await expect(page.locator("#credits")).to_contain_text("497")
         await page.screenshot(path=str(ARTIFACTS / "web-card-approved.png"), full_page=True)
+
+        answer = await page.goto(stack.api_url + "/docs")  # the API reference, same policy
+        assert answer is not None
+        assert "frame-ancestors 'none'" in answer.headers["content-security-policy"]
+        await expect(page.locator("details.op").first).to_be_visible()
+        assert await page.locator("details.op").count() > 20
+        assert [e for e in errors if "Content Security Policy" in e] == []
         await browser.close()

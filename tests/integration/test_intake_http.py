@@ -73,6 +73,8 @@ async def test_files_are_served_and_every_other_answer_is_a_problem_document(
         assert status == 200
         assert headers["Content-Type"] == "video/mp4"
         assert len(headers["X-Request-ID"]) == 32  # files too (set as any answer starts)
+        assert headers["X-Content-Type-Options"] == "nosniff"
+        assert "Content-Security-Policy" not in headers  # the HTML pages' only
         status, _, _ = await api.call("GET", "/static/app.js", None)
         assert status == 200
         missing = uuid4()
@@ -85,6 +87,7 @@ async def test_files_are_served_and_every_other_answer_is_a_problem_document(
             assert status == 404, path
             assert headers["Content-Type"].startswith("application/problem+json"), path
             assert (problem["status"], problem["title"]) == (404, "Not found"), path
+            assert headers["X-Content-Type-Options"] == "nosniff"
 
 
 async def test_an_operator_reads_a_workspace_and_its_credits(client: Client) -> None:
