@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import sys
 from pathlib import Path
@@ -14,10 +15,13 @@ from typing import Any
 from uuid import uuid4
 
 import aiohttp
+from aiokafka.errors import KafkaError
 from pydantic import BaseModel
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from influgen.client import ApiError, Client
+from shared.events import TOPIC_DLQ
+from shared.kafka import read_topic
 
 
 class CliSettings(BaseSettings):
@@ -78,6 +82,8 @@ async def _follow(client: Client, video_id: Any, args: argparse.Namespace) -> in
 async def run(args: argparse.Namespace, cfg: CliSettings) -> int:
     if args.group == "events":
         return await _events(args, cfg)
+    if args.group == "dlq":
+        return await _dlq(args, cfg)
     async with Client(args.url or cfg.api_url, args.api_key or cfg.api_key,
                       admin_token=args.admin_token or cfg.admin_token) as client:
         if args.group == "admin":
@@ -178,6 +184,61 @@ async def _events(args: argparse.Namespace, cfg: CliSettings) -> int:
     return 0
 
 
+async def _letters(bootstrap: str) -> list[dict[str, Any]]:
+    """The letters on the DLQ, oldest first. Read as plain JSON, not as `DeadLetter`: letters
+    written before a field was added to it (`original_size`) are letters all the same."""
+    letters = []
+    for record in await read_topic(bootstrap, TOPIC_DLQ):
+        try:
+            letter = json.loads(record.value)
+        except ValueError:
+            continue
+        if isinstance(letter, dict) and letter.get("event_type") == "message.dead_lettered":
+            letters.append(letter)
+    return sorted(letters, key=lambda x: str(x.get("occurred_at", "")))
+
+
+async def _dlq(args: argparse.Namespace, cfg: CliSettings) -> int:
+    """`dlq list`: the letters on the DLQ; `dlq replay ID`: publish a letter's message again
+    to the topic it came from, as it was (after the fix of what refused it: the consumers
+    are safe against redelivery, and a message refused again gets a new letter)."""
+    from aiokafka import AIOKafkaProducer
+
+    bootstrap = args.bootstrap or cfg.kafka_bootstrap_servers
+    letters = await _letters(bootstrap)
+    if args.action == "list":
+        shown = [x for x in letters
+                 if not args.source_topic or x.get("source_topic") == args.source_topic]
+        if args.max:
+            shown = shown[-args.max:]
+        _out(args, shown, "\n".join(
+            f"{x.get('occurred_at')}  {x.get('event_id')}  {x.get('consumer')}  "
+            f"{x.get('source_topic')}[{x.get('partition')}]@{x.get('offset')}  "
+            f"{str(x.get('reason'))[:120]}" for x in shown) or "(none)")
+        return 0
+    found = next((x for x in letters if x.get("event_id") == args.event_id), None)
+    if found is None:
+        print(f"influgen: no dead letter {args.event_id} on {TOPIC_DLQ}", file=sys.stderr)
+        return 1
+    if found.get("original_truncated"):
+        print(f"influgen: letter {args.event_id} kept only the beginning of its message "
+              f"({found.get('original_size')} bytes): it cannot be replayed", file=sys.stderr)
+        return 1
+    key_b64 = found.get("original_key_b64")
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        sent = await producer.send_and_wait(
+            str(found["source_topic"]), base64.b64decode(found["original_value_b64"]),
+            key=base64.b64decode(key_b64) if key_b64 is not None else None)
+    finally:
+        await producer.stop()
+    where = {"topic": sent.topic, "partition": sent.partition, "offset": sent.offset}
+    _out(args, where, f"replayed {args.event_id} to {sent.topic}[{sent.partition}]"
+                      f"@{sent.offset}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="influgen", description=__doc__.splitlines()[0])
     p.add_argument("--url", help="API base URL (INFLUGEN_API_URL)")
@@ -241,6 +302,16 @@ def parser() -> argparse.ArgumentParser:
     tail.add_argument("--from-beginning", action="store_true")
     tail.add_argument("--max", type=int)
     tail.add_argument("--bootstrap")
+
+    dlq = groups.add_parser("dlq", help="dead letters: list, replay").add_subparsers(
+        dest="action", required=True)
+    dl = dlq.add_parser("list", help="the letters on the DLQ, oldest first")
+    dl.add_argument("--source-topic")
+    dl.add_argument("--max", type=int, help="only the newest N")
+    dl.add_argument("--bootstrap")
+    dr = dlq.add_parser("replay", help="publish a letter's message again to its topic")
+    dr.add_argument("event_id")
+    dr.add_argument("--bootstrap")
     return p
 
 
@@ -262,6 +333,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except (aiohttp.ClientConnectionError, OSError) as exc:
         print(f"influgen: cannot reach the service: {exc}", file=sys.stderr)
+        return 3
+    except KafkaError as exc:
+        print(f"influgen: cannot reach Kafka: {exc}", file=sys.stderr)
         return 3
     except KeyboardInterrupt:
         return 130

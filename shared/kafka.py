@@ -115,6 +115,27 @@ async def read_until(
     return records
 
 
+async def read_topic(bootstrap: str, topic: str) -> list[Any]:
+    """Every record of `topic` from the beginning up to its current end (tools and tests;
+    no consumer group)."""
+    tps = await topic_partitions(bootstrap, [topic])
+    if not tps:
+        raise LookupError(f"topic {topic} has no partitions")
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+                                enable_auto_commit=False, fetch_max_wait_ms=50)
+    await consumer.start()
+    try:
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        # Explicit offsets: aiokafka 0.14's seek_to_beginning() against a Kafka 4.3 broker
+        # was seen to land one past the first record of a partition.
+        for tp, offset in (await consumer.beginning_offsets(tps)).items():
+            consumer.seek(tp, offset)
+        return await read_until(consumer, ends)
+    finally:
+        await consumer.stop()
+
+
 #: How much of a message the DLQ keeps: its records must stay well inside Kafka's 1 MiB
 #: (base64 adds a third): a dead letter that cannot be published would stall the consumer
 #: that writes it, at that message, for good.

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 import pytest
+from aiokafka import AIOKafkaProducer
 
 from devstack.stack import Stack
 
@@ -99,3 +104,48 @@ def test_events_publish_and_tail(stack: Stack) -> None:
                               "1"))
     assert tailed["event_type"] == "video.approved"
     assert tailed["video"]["character_id"] == character["id"]
+
+
+def _letters_of(stack: Stack, key: bytes) -> list[dict[str, Any]]:
+    letters = as_json(influgen(stack, "--json", "dlq", "list", "--source-topic",
+                               "influgen.video.requested.v1"))
+    return [x for x in letters if x["original_key_b64"] == base64.b64encode(key).decode()]
+
+
+def test_a_dead_letter_is_listed_and_replayed_to_its_topic(stack: Stack) -> None:
+    """After a fix, an operator sends a dead-lettered message again: the replay publishes
+    its bytes, as they were, to the topic it came from (here it is refused again, so its
+    second letter shows it arrived there, at another offset)."""
+    key = f"cli-dlq-{uuid4()}".encode()
+    asyncio.run(_publish(stack.bootstrap, "influgen.video.requested.v1", b"{oops", key))
+    letters: list[dict[str, Any]] = []
+    for _ in range(100):
+        if letters := _letters_of(stack, key):
+            break
+        time.sleep(0.1)
+    [first] = letters
+    assert first["consumer"] == "api"
+    replayed = as_json(influgen(stack, "--json", "dlq", "replay", first["event_id"]))
+    assert replayed["topic"] == "influgen.video.requested.v1"
+    for _ in range(100):
+        if len(letters := _letters_of(stack, key)) == 2:
+            break
+        time.sleep(0.1)
+    assert [(x["partition"], x["offset"]) for x in letters] == [
+        (first["partition"], first["offset"]), (replayed["partition"], replayed["offset"])]
+    assert {x["original_value_b64"] for x in letters} == {base64.b64encode(b"{oops").decode()}
+    assert letters[1]["event_id"] != first["event_id"]
+    missing = influgen(stack, "dlq", "replay", str(uuid4()))
+    assert (missing.returncode, "no dead letter" in missing.stderr) == (1, True)
+    unreachable = subprocess.run([CLI, "dlq", "list", "--bootstrap", "127.0.0.1:9"],
+                                 capture_output=True, text=True, timeout=60, check=False)
+    assert (unreachable.returncode, "cannot reach Kafka" in unreachable.stderr) == (3, True)
+
+
+async def _publish(bootstrap: str, topic: str, value: bytes, key: bytes) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, value, key=key)
+    finally:
+        await producer.stop()
