@@ -94,10 +94,14 @@ class Client:
 
     # --- admin ----------------------------------------------------------------------
 
-    async def create_workspace(self, name: str, credits: int = 0,
-                               sandbox: bool = False) -> WorkspaceCreated:
+    async def create_workspace(self, name: str, credits: int = 0, sandbox: bool = False, *,
+                               idempotency_key: str | None = None) -> WorkspaceCreated:
+        """With an `idempotency_key`, sending it again makes no second workspace: ApiError
+        409 names the first (`workspace_id`), whose key `replace_key` can renew."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
         return await self._model(WorkspaceCreated, "POST", "/v1/admin/workspaces", admin=True,
-                                 body={"name": name, "credits": credits, "sandbox": sandbox})
+                                 body={"name": name, "credits": credits, "sandbox": sandbox},
+                                 headers=headers)
 
     async def workspace(self, workspace_id: UUID | str) -> WorkspaceInfo:
         return await self._model(WorkspaceInfo, "GET", f"/v1/admin/workspaces/{workspace_id}",

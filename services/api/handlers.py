@@ -73,14 +73,31 @@ class IntakeDeps:
     publisher: outbox.Publisher | None = None
 
 
+class CreatedBefore(Exception):
+    """A workspace was created with this Idempotency-Key before (`same`: with the same
+    request); its API key cannot be shown again."""
+
+    def __init__(self, workspace_id: UUID, same: bool) -> None:
+        super().__init__(str(workspace_id))
+        self.workspace_id = workspace_id
+        self.same = same
+
+
 async def create_workspace(
-    pool: asyncpg.Pool, *, name: str, credits: int, sandbox: bool
+    pool: asyncpg.Pool, *, name: str, credits: int, sandbox: bool,
+    creation_key: str | None = None,
 ) -> dict[str, Any]:
     key = new_api_key()
+    digest = idempotency.request_hash([name, credits, sandbox])
     async with pool.acquire() as conn, conn.transaction():
         row = await repo.insert_workspace(
-            conn, id=uuid4(), name=name, key_hash=hash_key(key), sandbox=sandbox
+            conn, id=uuid4(), name=name, key_hash=hash_key(key), sandbox=sandbox,
+            creation_key=creation_key, creation_hash=digest if creation_key else None,
         )
+        if row is None:
+            assert creation_key is not None
+            first = await repo.workspace_by_creation_key(conn, creation_key)
+            raise CreatedBefore(first["id"], bytes(first["creation_hash"]) == digest)
         if credits:
             await repo.grant(conn, workspace_id=row["id"], amount=credits, reason="initial grant")
     return _with_key(row, key, credits)

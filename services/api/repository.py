@@ -20,14 +20,23 @@ from shared.events import TOPIC_JOBS
 
 
 async def insert_workspace(
-    conn: Conn, *, id: UUID, name: str, key_hash: bytes, sandbox: bool
-) -> asyncpg.Record:
-    row = one(await conn.fetchrow(
-        "INSERT INTO workspaces (id, name, api_key_hash, sandbox) VALUES ($1, $2, $3, $4)"
-        " RETURNING *",
-        id, name, key_hash, sandbox,
-    ))
+    conn: Conn, *, id: UUID, name: str, key_hash: bytes, sandbox: bool,
+    creation_key: str | None = None, creation_hash: bytes | None = None,
+) -> asyncpg.Record | None:
+    """The new workspace's row; None if a workspace was created with `creation_key` before
+    (a concurrent creation with the same key waits for the first to commit)."""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        "INSERT INTO workspaces (id, name, api_key_hash, sandbox, creation_key, creation_hash)"
+        " VALUES ($1, $2, $3, $4, $5, $6)"
+        " ON CONFLICT (creation_key) WHERE creation_key IS NOT NULL DO NOTHING RETURNING *",
+        id, name, key_hash, sandbox, creation_key, creation_hash,
+    )
     return row
+
+
+async def workspace_by_creation_key(conn: Conn, key: str) -> asyncpg.Record:
+    return one(await conn.fetchrow(
+        "SELECT id, creation_hash FROM workspaces WHERE creation_key = $1", key))
 
 
 async def replace_key_hash(conn: Conn, *, workspace_id: UUID,

@@ -196,13 +196,28 @@ async def docs(request: web.Request) -> web.FileResponse:
 
 @routes.post("/v1/admin/workspaces")
 @operation(summary="Create a workspace; its API key is shown once",
-           responses={201: WorkspaceCreated}, body=WorkspaceIn, auth="adminToken",
-           tags=("admin",))
+           responses={201: WorkspaceCreated, 409: None}, body=WorkspaceIn,
+           auth="adminToken", tags=("admin",),
+           headers={"Idempotency-Key": "1 to 255 printable characters, kept with the "
+                    "workspace: a creation sent again with it makes no second workspace "
+                    "but answers 409 with the first one's workspace_id (its API key was "
+                    "shown once: replace it); with another body, 422"})
 async def create_workspace(request: web.Request) -> web.Response:
     data = await body_of(request, WorkspaceIn)
-    created = await handlers.create_workspace(
-        request.app[POOL], name=data.name, credits=data.credits, sandbox=data.sandbox
-    )
+    key = idempotency_key(request)
+    try:
+        created = await handlers.create_workspace(
+            request.app[POOL], name=data.name, credits=data.credits, sandbox=data.sandbox,
+            creation_key=key)
+    except handlers.CreatedBefore as exc:
+        if not exc.same:
+            return problem(422, "Idempotency-Key reused",
+                           "this key created a workspace from another request body")
+        return problem(409, "Workspace created before",
+                       f"this Idempotency-Key created workspace {exc.workspace_id}; its API "
+                       "key was shown once and is not kept: replace it with POST "
+                       f"/v1/admin/workspaces/{exc.workspace_id}/key",
+                       workspace_id=str(exc.workspace_id))
     return ok(WorkspaceCreated.model_validate(created), 201)
 
 

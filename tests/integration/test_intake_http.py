@@ -90,6 +90,32 @@ async def test_files_are_served_and_every_other_answer_is_a_problem_document(
             assert headers["X-Content-Type-Options"] == "nosniff"
 
 
+async def test_a_creation_sent_again_makes_no_second_workspace(client: Client,
+                                                                 pool: asyncpg.Pool) -> None:
+    """The answer holds the only copy of the API key, so a retry cannot replay it: it names
+    the workspace made, whose key the operator then replaces."""
+    name = f"once-{uuid4()}"
+    body = {"name": name, "credits": 10}
+    results = await asyncio.gather(*(
+        client.call("POST", "/v1/admin/workspaces", ADMIN, body,
+                    headers={"Idempotency-Key": name}) for _ in range(5)))
+    [created] = [r[1] for r in results if r[0] == 201]
+    others = [r[1] for r in results if r[0] != 201]
+    assert [(p["status"], p["workspace_id"]) for p in others] == [(409, created["id"])] * 4
+    assert f"/v1/admin/workspaces/{created['id']}/key" in others[0]["detail"]
+    status, problem, _ = await client.call("POST", "/v1/admin/workspaces", ADMIN,
+                                           {**body, "credits": 11},
+                                           headers={"Idempotency-Key": name})
+    assert (status, problem["title"]) == (422, "Idempotency-Key reused")
+    assert await pool.fetchval("SELECT count(*) FROM workspaces WHERE name = $1", name) == 1
+    assert await pool.fetchval("SELECT credits_balance FROM workspaces WHERE name = $1",
+                               name) == 10
+    for _ in range(2):  # without a key, every creation counts
+        status, _, _ = await client.call("POST", "/v1/admin/workspaces", ADMIN, body)
+        assert status == 201
+    assert await pool.fetchval("SELECT count(*) FROM workspaces WHERE name = $1", name) == 3
+
+
 async def test_an_operator_reads_a_workspace_and_its_credits(client: Client) -> None:
     ws = await client.workspace(credits=100)
     cid = await client.character(ws["api_key"])
