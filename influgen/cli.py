@@ -91,7 +91,8 @@ async def run(args: argparse.Namespace, cfg: CliSettings) -> int:
                 ws = await client.replace_key(args.workspace)
             else:
                 ws = await client.create_workspace(args.name, credits=args.credits,
-                                                   sandbox=args.sandbox)
+                                                   sandbox=args.sandbox,
+                                                   idempotency_key=args.idempotency_key)
             _out(args, ws, f"workspace {ws.id}\napi key (shown once): {ws.api_key}")
         elif args.group == "characters" and args.action == "create":
             ch = await client.create_character(args.name, review_mode=args.review_mode)
@@ -252,6 +253,7 @@ def parser() -> argparse.ArgumentParser:
     ws.add_argument("name")
     ws.add_argument("--credits", type=int, default=0)
     ws.add_argument("--sandbox", action="store_true")
+    ws.add_argument("--idempotency-key", help="sent again, makes no second workspace (409)")
     admin.add_parser("replace-key", help="a new API key; the old one stops working"
                      ).add_argument("workspace")
 

@@ -65,6 +65,12 @@ def test_a_scripted_session(stack: Stack) -> None:
     listed = as_json(influgen(stack, "--json", "videos", "list", "--status", "approved",
                               key=key))
     assert [v["id"] for v in listed["items"]] == [video["id"]]
+    again = influgen(stack, "admin", "create-workspace", "cli-once", "--idempotency-key",
+                     f"cli-{ws['id']}")
+    assert again.returncode == 0, again.stderr
+    again = influgen(stack, "admin", "create-workspace", "cli-once", "--idempotency-key",
+                     f"cli-{ws['id']}")
+    assert (again.returncode, "409 Workspace created before" in again.stderr) == (1, True)
     replaced = as_json(influgen(stack, "--json", "admin", "replace-key", ws["id"]))
     assert replaced["id"] == ws["id"]
     assert replaced["api_key"] != key
