@@ -32,6 +32,7 @@ from services.api.schemas import (
     WebhookSecret,
     WorkspaceCreated,
     WorkspaceInfo,
+    WorkspaceList,
 )
 from shared.events import FieldError, VideoResource
 
@@ -102,6 +103,11 @@ class Client:
         return await self._model(WorkspaceCreated, "POST", "/v1/admin/workspaces", admin=True,
                                  body={"name": name, "credits": credits, "sandbox": sandbox},
                                  headers=headers)
+
+    async def workspaces(self, **filters: str | int) -> WorkspaceList:
+        """A page of workspaces, newest first (`name`, `limit`, `cursor`)."""
+        return await self._model(WorkspaceList, "GET", "/v1/admin/workspaces", admin=True,
+                                 params={k: str(v) for k, v in filters.items()})
 
     async def workspace(self, workspace_id: UUID | str) -> WorkspaceInfo:
         return await self._model(WorkspaceInfo, "GET", f"/v1/admin/workspaces/{workspace_id}",

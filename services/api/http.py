@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -100,3 +102,25 @@ def idempotency_key(request: web.Request) -> str | None:
         raise RequestInvalid([FieldError(field="Idempotency-Key",
                                          message="must be 1 to 255 printable characters")])
     return key
+
+
+def cursor_after(created_at: datetime, row_id: UUID) -> str:
+    """A keyset cursor for lists ordered by `(created_at, id)` descending: stable under
+    inserts (a new row is newer than every page already read)."""
+    raw = f"{created_at.isoformat()}|{row_id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode()
+
+
+def parse_cursor(cursor: str) -> tuple[datetime, UUID]:
+    """`cursor_after`'s position; 422 for anything else."""
+    try:
+        created, row_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
+        at = datetime.fromisoformat(created)
+        if at.tzinfo is None:  # ours carry the offset PostgreSQL gave
+            raise ValueError(created)
+        # As the driver sends it: an instant past the year 9999 in UTC was a 500.
+        return at.astimezone(UTC), UUID(row_id)
+    except (ValueError, OverflowError):  # (bad base64 and UTF-8 are ValueErrors too)
+        raise RequestInvalid(
+            [FieldError(field="cursor", message="not a cursor from this API")]
+        ) from None

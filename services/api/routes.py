@@ -16,7 +16,15 @@ from aiohttp import web
 from services.api import handlers
 from services.api import repository as repo
 from services.api.auth import token_matches
-from services.api.http import body_of, idempotency_key, ok, uuid_param
+from services.api.http import (
+    body_of,
+    cursor_after,
+    idempotency_key,
+    ok,
+    parse_cursor,
+    query_of,
+    uuid_param,
+)
 from services.api.keys import (
     BROKER,
     DEPS,
@@ -45,6 +53,9 @@ from services.api.schemas import (
     WorkspaceCreated,
     WorkspaceIn,
     WorkspaceInfo,
+    WorkspaceList,
+    WorkspaceQuery,
+    WorkspaceSummary,
 )
 from services.api.tracing import request_id
 from services.api.validation import RequestInvalid
@@ -219,6 +230,26 @@ async def create_workspace(request: web.Request) -> web.Response:
                        f"/v1/admin/workspaces/{exc.workspace_id}/key",
                        workspace_id=str(exc.workspace_id))
     return ok(WorkspaceCreated.model_validate(created), 201)
+
+
+@routes.get("/v1/admin/workspaces")
+@operation(summary="Workspaces, newest first, with their credits; ?name= finds them by name",
+           responses={200: WorkspaceList}, query=WorkspaceQuery, auth="adminToken",
+           tags=("admin",))
+async def list_workspaces(request: web.Request) -> web.Response:
+    q = query_of(request, WorkspaceQuery)
+    at, after = parse_cursor(q.cursor) if q.cursor else (None, None)
+    rows = await request.app[POOL].fetch(
+        "SELECT id, name, sandbox, created_at, credits_balance AS balance,"
+        " credits_reserved AS reserved, credits_balance - credits_reserved AS available"
+        " FROM workspaces WHERE ($1::text IS NULL OR strpos(lower(name), lower($1)) > 0)"
+        " AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3))"
+        " ORDER BY created_at DESC, id DESC LIMIT $4",
+        q.name, at, after, q.limit + 1)
+    items = [WorkspaceSummary.model_validate(dict(r)) for r in rows[: q.limit]]
+    more = len(rows) > q.limit
+    return ok(WorkspaceList(items=items, next_cursor=cursor_after(
+        items[-1].created_at, items[-1].id) if more else None))
 
 
 @routes.get("/v1/admin/workspaces/{id}")

@@ -123,6 +123,29 @@ class WorkspaceInfo(BaseModel):
     credits: Credits
 
 
+class WorkspaceQuery(Strict):
+    name: Text | None = Field(default=None, min_length=1, max_length=200,
+                             description="only workspaces whose name contains this "
+                             "(case-insensitive)")
+    limit: int = Field(default=20, ge=1, le=100)
+    cursor: str | None = None
+
+
+class WorkspaceSummary(BaseModel):
+    id: UUID
+    name: str
+    sandbox: bool
+    created_at: datetime
+    balance: int
+    reserved: int
+    available: int
+
+
+class WorkspaceList(BaseModel):
+    items: list[WorkspaceSummary]
+    next_cursor: str | None
+
+
 class TierInfo(BaseModel):
     credits_per_second: float
     short_side: int

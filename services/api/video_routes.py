@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 from datetime import UTC, date, datetime, time
 from typing import Any
-from uuid import UUID
 
 from aiohttp import web
 
@@ -14,8 +12,10 @@ from services.api import handlers, idempotency
 from services.api.http import (
     IDEMPOTENCY_KEY_DOC,
     body_of,
+    cursor_after,
     idempotency_key,
     ok,
+    parse_cursor,
     query_of,
     read_json,
     uuid_param,
@@ -31,8 +31,7 @@ from services.api.schemas import (
     VideoQuery,
     VideoRequest,
 )
-from services.api.validation import RequestInvalid
-from shared.events import FINAL_STATUSES, FieldError, VideoResource
+from shared.events import FINAL_STATUSES, VideoResource
 from shared.videos import fetch_video, list_videos
 
 routes = web.RouteTableDef()
@@ -105,25 +104,6 @@ async def get_video(request: web.Request) -> web.Response:
     return ok(resource)
 
 
-def _cursor(resource: VideoResource) -> str:
-    raw = f"{resource.created_at.isoformat()}|{resource.id}"
-    return base64.urlsafe_b64encode(raw.encode()).decode()
-
-
-def _parse_cursor(cursor: str) -> tuple[datetime, UUID]:
-    try:
-        created, vid = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
-        at = datetime.fromisoformat(created)
-        if at.tzinfo is None:  # ours carry the offset PostgreSQL gave
-            raise ValueError(created)
-        # As the driver sends it: an instant past the year 9999 in UTC was a 500.
-        return at.astimezone(UTC), UUID(vid)
-    except (ValueError, OverflowError):  # (bad base64 and UTF-8 are ValueErrors too)
-        raise RequestInvalid(
-            [FieldError(field="cursor", message="not a cursor from this API")]
-        ) from None
-
-
 def _instant(value: datetime | date, end: bool) -> datetime:
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=UTC)
@@ -155,12 +135,13 @@ async def list_(request: web.Request) -> web.Response:
     if q.planned_to:
         add("v.planned_at <= ?", _instant(q.planned_to, end=True))
     if q.cursor:
-        add("(v.created_at, v.id) < (?, ?)", *_parse_cursor(q.cursor))
+        add("(v.created_at, v.id) < (?, ?)", *parse_cursor(q.cursor))
     async with request.app[POOL].acquire() as conn:
         items = await list_videos(conn, " AND ".join(where), args, q.limit + 1)
     more = len(items) > q.limit
     items = items[: q.limit]
-    return ok(VideoList(items=items, next_cursor=_cursor(items[-1]) if more else None))
+    return ok(VideoList(items=items, next_cursor=cursor_after(items[-1].created_at,
+                                                             items[-1].id) if more else None))
 
 
 @routes.post("/v1/videos/{id}/cancel")

@@ -17,6 +17,9 @@ async def test_sdk_drives_a_video_to_review(stack: Stack) -> None:
         for _ in range(2):  # sent again (an answer lost): granted once
             topped = await admin.grant_credits(ws.id, 100, "top-up", idempotency_key="sdk-t")
         assert (topped.balance, [e.amount for e in topped.ledger]) == (500, [100, 400])
+        found = await admin.workspaces(name=ws.name, limit=100)
+        assert ws.id in {w.id for w in found.items}
+        assert (await admin.workspace(ws.id)).credits.balance == 500
     async with Client(stack.api_url, ws.api_key) as client:
         character = await client.create_character("Mila", review_mode="manual")
         assert [c.id for c in await client.characters()] == [character.id]

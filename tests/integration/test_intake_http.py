@@ -116,6 +116,40 @@ async def test_a_creation_sent_again_makes_no_second_workspace(client: Client,
     assert await pool.fetchval("SELECT count(*) FROM workspaces WHERE name = $1", name) == 3
 
 
+async def test_an_operator_lists_and_finds_workspaces(client: Client) -> None:
+    """Newest first, with their credits, a page at a time (a cursor stable under inserts);
+    `name` finds them by a part of the name, in any case."""
+    tag = uuid4().hex[:8]
+    made = []
+    for i in range(5):
+        status, ws, _ = await client.call("POST", "/v1/admin/workspaces", ADMIN,
+                                          {"name": f"Studio {tag} {i}", "credits": i})
+        assert status == 201
+        made.append(ws["id"])
+    seen: list[dict[str, Any]] = []
+    cursor = ""
+    for _ in range(3):
+        status, page, _ = await client.call(
+            "GET", f"/v1/admin/workspaces?name=STUDIO%20{tag}&limit=2{cursor}", ADMIN)
+        assert status == 200, page
+        seen += page["items"]
+        if page["next_cursor"] is None:
+            break
+        cursor = f"&cursor={page['next_cursor']}"
+        if len(seen) == 2:  # a workspace made now is newer than every page: not seen
+            await client.call("POST", "/v1/admin/workspaces", ADMIN,
+                              {"name": f"Studio {tag} late", "credits": 0})
+    assert [w["id"] for w in seen] == made[::-1]
+    assert [(w["balance"], w["available"]) for w in seen] == [(i, i) for i in range(4, -1, -1)]
+    assert "api_key" not in seen[0]
+    for query, field in (("limit=0", "limit"), ("cursor=nope", "cursor"), ("name=", "name"),
+                         ("name=%00", "name"), ("sort=name", "sort")):
+        status, problem, _ = await client.call("GET", f"/v1/admin/workspaces?{query}", ADMIN)
+        assert (status, problem["errors"][0]["field"]) == (422, field), query
+    status, _, _ = await client.call("GET", "/v1/admin/workspaces", made[0])
+    assert status == 401
+
+
 async def test_an_operator_reads_a_workspace_and_its_credits(client: Client) -> None:
     ws = await client.workspace(credits=100)
     cid = await client.character(ws["api_key"])
