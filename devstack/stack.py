@@ -157,12 +157,12 @@ class Stack:
         groups, which takes a session timeout when a killed member is still registered)."""
         deadline = time.monotonic() + timeout
         for name in SERVICES:
-            while not self.ready_file(name).exists():
-                if self.service_pid(name) is None:
-                    raise RuntimeError(f"{name} exited; see {self.logs / (name + '.log')}")
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{name} not ready after {timeout}s")
-                time.sleep(0.1)
+            pid = self.service_pid(name)
+            if pid is None or self._serves_or_exits(
+                    name, pid, deadline - time.monotonic()) is None:
+                raise RuntimeError(f"{name} exited; see {self.logs / (name + '.log')}")
+            if not self.ready_file(name).exists():
+                raise RuntimeError(f"{name} not ready after {timeout}s")
 
     def wait_api(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout

@@ -48,6 +48,27 @@ async def replace_key_hash(conn: Conn, *, workspace_id: UUID,
     return row
 
 
+async def workspace_row(conn: Conn, workspace_id: UUID) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await conn.fetchrow(
+        "SELECT id, name, sandbox, created_at FROM workspaces WHERE id = $1", workspace_id)
+    return row
+
+
+async def list_workspaces(conn: Conn, *, name: str | None,
+                          before: tuple[datetime, UUID] | None, limit: int) -> list[Any]:
+    """Workspaces newest first with their credits; `name`: a part of the name, any case;
+    `before`: the `(created_at, id)` a page ends at."""
+    at, after = before or (None, None)
+    rows: list[Any] = await conn.fetch(
+        "SELECT id, name, sandbox, created_at, credits_balance AS balance,"
+        " credits_reserved AS reserved, credits_balance - credits_reserved AS available"
+        " FROM workspaces WHERE ($1::text IS NULL OR strpos(lower(name), lower($1)) > 0)"
+        " AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3))"
+        " ORDER BY created_at DESC, id DESC LIMIT $4",
+        name, at, after, limit)
+    return rows
+
+
 async def workspace_by_key(conn: Conn, *, key_hash: bytes) -> asyncpg.Record | None:
     row: asyncpg.Record | None = await conn.fetchrow(
         "SELECT * FROM workspaces WHERE api_key_hash = $1", key_hash

@@ -238,14 +238,10 @@ async def create_workspace(request: web.Request) -> web.Response:
            tags=("admin",))
 async def list_workspaces(request: web.Request) -> web.Response:
     q = query_of(request, WorkspaceQuery)
-    at, after = parse_cursor(q.cursor) if q.cursor else (None, None)
-    rows = await request.app[POOL].fetch(
-        "SELECT id, name, sandbox, created_at, credits_balance AS balance,"
-        " credits_reserved AS reserved, credits_balance - credits_reserved AS available"
-        " FROM workspaces WHERE ($1::text IS NULL OR strpos(lower(name), lower($1)) > 0)"
-        " AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3))"
-        " ORDER BY created_at DESC, id DESC LIMIT $4",
-        q.name, at, after, q.limit + 1)
+    async with request.app[POOL].acquire() as conn:
+        rows = await repo.list_workspaces(
+            conn, name=q.name, before=parse_cursor(q.cursor) if q.cursor else None,
+            limit=q.limit + 1)
     items = [WorkspaceSummary.model_validate(dict(r)) for r in rows[: q.limit]]
     more = len(rows) > q.limit
     return ok(WorkspaceList(items=items, next_cursor=cursor_after(
@@ -259,8 +255,7 @@ async def get_workspace(request: web.Request) -> web.Response:
     ws_id = uuid_param(request)
     async with request.app[POOL].acquire() as conn, conn.transaction(
             isolation="repeatable_read", readonly=True):  # the row and its ledger agree
-        row = await conn.fetchrow("SELECT id, name, sandbox, created_at FROM workspaces"
-                                  " WHERE id = $1", ws_id)
+        row = await repo.workspace_row(conn, ws_id)
         if row is None:
             raise handlers.NotFound()
         summary = await repo.credits(conn, workspace_id=ws_id, limit=LEDGER_SHOWN)
