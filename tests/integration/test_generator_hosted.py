@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -18,6 +19,7 @@ from aiohttp.test_utils import TestServer
 
 from services.api import handlers
 from services.api import repository as api_repo
+from services.generator import repository as gen_repo
 from services.generator.consumer import accept_jobs
 from services.generator.media import LocalMediaStore, probe
 from services.generator.metrics import Metrics
@@ -412,6 +414,96 @@ async def test_a_job_for_a_provider_this_process_lacks_fails_with_a_reason(
     row = await drive(pool, standin, job_id, tmp_path)
     assert (row["state"], row["error"]["code"]) == ("failed", "provider_unavailable")
     assert "no provider 'elsewhere'" in row["error"]["message"]
+
+
+@pytest.fixture
+async def template(pool: asyncpg.Pool, catalog_path: Path) -> AsyncIterator[UUID]:
+    """A queued job to copy, ended afterwards (left queued, the next test's worker would
+    take it)."""
+    job_id = await queue_job(pool, catalog_path)
+    yield job_id
+    await pool.execute("UPDATE jobs SET state = 'canceled', finished_at = now() WHERE id = $1",
+                       job_id)
+
+
+@contextlib.asynccontextmanager
+async def rolled_back(pool: asyncpg.Pool) -> AsyncIterator[Any]:
+    """A connection in a transaction that is rolled back at the end, whatever happens."""
+    async with pool.acquire() as conn:
+        transaction = conn.transaction()
+        await transaction.start()
+        try:
+            yield conn
+        finally:
+            await transaction.rollback()
+
+
+async def copies_queued(conn: Any, template: UUID, count: int) -> list[UUID]:
+    """`count` copies of job `template` and its video in `conn`'s transaction: queued,
+    accepted, runnable for an hour, oldest first; their ids in that order."""
+    await conn.execute(
+        "CREATE TEMP TABLE copies ON COMMIT DROP AS"
+        " SELECT gen_random_uuid() AS video_id, gen_random_uuid() AS job_id, n"
+        "   FROM generate_series(1, $1::int) n", count)
+    await conn.execute(
+        """
+        INSERT INTO videos
+            SELECT (jsonb_populate_record(NULL::videos, to_jsonb(v)
+                    || jsonb_build_object('id', c.video_id, 'status', 'queued'))).*
+              FROM copies c, videos v JOIN jobs j ON j.video_id = v.id WHERE j.id = $1
+        """, template)
+    await conn.execute(
+        """
+        INSERT INTO jobs (id, video_id, workspace_id, state, provider, spec, accepted_at,
+                          deadline_at, created_at)
+            SELECT c.job_id, c.video_id, j.workspace_id, 'queued', j.provider, j.spec, now(),
+                   now() + interval '1 hour', now() - interval '1 hour' + c.n * interval '1 ms'
+              FROM copies c, jobs j WHERE j.id = $1
+        """, template)
+    return [r["job_id"] for r in await conn.fetch("SELECT job_id FROM copies ORDER BY n")]
+
+
+async def rows_of_jobs_read(conn: Any) -> int:
+    """Rows of `jobs` read so far in `conn`'s transaction, by scans of the table or an index."""
+    read: int = await conn.fetchval(
+        "SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0)"
+        " FROM pg_stat_xact_user_tables WHERE relname = 'jobs'")
+    return read
+
+
+async def test_claiming_jobs_of_unknown_providers_does_not_read_the_whole_queue(
+    pool: asyncpg.Pool, template: UUID
+) -> None:
+    # Every poll claims the jobs of providers this process lacks (to fail them with a
+    # reason), which are almost never there: a filter on the provider read every queued
+    # job for it (5,000 here; 10 ms at 20,000), four times a second under a backlog.
+    async with rolled_back(pool) as conn:
+        jobs = await copies_queued(conn, template, 5000)
+        unknown = [jobs[9], jobs[3999]]
+        await conn.execute("UPDATE jobs SET provider = 'elsewhere' WHERE id = any($1)", unknown)
+        before = await rows_of_jobs_read(conn)
+        claimed = await gen_repo.claim(conn, owner="test", limit=8, lease_seconds=30,
+                                       exclude=["replicate", "local", "sandbox"])
+        rows_read = await rows_of_jobs_read(conn) - before
+        assert [row["id"] for row in claimed] == unknown  # oldest first
+        assert rows_read < 100, rows_read
+
+
+async def test_the_sweep_does_not_read_the_whole_queue(
+    pool: asyncpg.Pool, template: UUID
+) -> None:
+    # The sweeper looks every second for unleased jobs that are canceled or overdue: one
+    # condition over both read every unfinished job (9 ms with 17,000 queued).
+    async with rolled_back(pool) as conn:
+        jobs = await copies_queued(conn, template, 5000)
+        await conn.execute("UPDATE jobs SET cancel_requested = true WHERE id = $1", jobs[2999])
+        await conn.execute("UPDATE jobs SET deadline_at = now() - interval '1 minute'"
+                           " WHERE id = $1", jobs[4999])
+        before = await rows_of_jobs_read(conn)
+        swept = {row["id"]: row["state"] for row in await gen_repo.sweep(conn)}
+        rows_read = await rows_of_jobs_read(conn) - before
+        assert swept == {jobs[2999]: "canceled", jobs[4999]: "failed"}
+        assert rows_read < 100, rows_read
 
 
 async def left_running_by(pool: asyncpg.Pool, catalog_path: Path, owner: str, *,
