@@ -12,22 +12,26 @@ from uuid import UUID, uuid5
 from shared.db import Conn
 from shared.events import CreditsView, JobError, JobView, Media, SceneFeedback, VideoResource
 
+_JOINED = """v.*, j.id AS job_id, j.state AS job_state, j.attempts AS job_attempts,
+       j.progress AS job_progress, j.provider AS job_provider, j.error AS job_error"""
+
 #: The columns `to_resource` reads besides `settled`, from videos `v` joined with their jobs
-#: `j`.
-COLUMNS = """v.*, j.id AS job_id, j.state AS job_state, j.attempts AS job_attempts,
-       j.progress AS job_progress, j.provider AS job_provider, j.error AS job_error,
+#: `j`. A queued job's position counts the jobs before it (O(position): for one video; a
+#: page of them takes `list_videos`'s one pass).
+COLUMNS = f"""{_JOINED},
        CASE WHEN j.state = 'queued' THEN  -- among the jobs waiting for the same provider
            (SELECT count(*) + 1 FROM jobs q
              WHERE q.state = 'queued' AND q.provider = j.provider
-               AND (q.created_at, q.id) < (j.created_at, j.id))
+               AND (q.created_at, q.id) < (j.created_at, j.id)
+               AND q.created_at <= j.created_at)  -- what the index can take of it
        END AS queue_position"""
 
-_SELECT = f"""
-SELECT {COLUMNS}, s.job_id IS NOT NULL AS settled
+_FROM = """
   FROM videos v
   JOIN jobs j ON j.video_id = v.id
   LEFT JOIN settlements s ON s.job_id = j.id
 """
+_SELECT = f"SELECT {COLUMNS}, s.job_id IS NOT NULL AS settled {_FROM}"
 
 
 def completion_event_id(job_id: UUID, event_type: str) -> UUID:
@@ -111,8 +115,38 @@ async def fetch_videos(conn: Conn, video_ids: list[UUID]) -> dict[UUID, VideoRes
 async def list_videos(
     conn: Conn, where: str, args: list[Any], limit: int
 ) -> list[VideoResource]:
+    """A page of videos, newest first. The queue positions of its queued videos in one pass
+    over the queue: per provider, the jobs before the page's oldest queued one, then those
+    between each and the next, summed. Counting before each anew read the queue once per
+    video: 0.5 s for a page of 100 with 20,000 jobs queued."""
     rows = await conn.fetch(
-        _SELECT + f" WHERE {where} ORDER BY v.created_at DESC, v.id DESC LIMIT {int(limit)}",
+        f"""
+        WITH page AS (
+            SELECT {_JOINED}, s.job_id IS NOT NULL AS settled, j.created_at AS job_created_at
+            {_FROM}
+             WHERE {where} ORDER BY v.created_at DESC, v.id DESC LIMIT {int(limit)}),
+        waiting AS (
+            SELECT job_id, job_provider, job_created_at,
+                   lag(job_created_at) OVER w AS after_at, lag(job_id) OVER w AS after_id
+              FROM page WHERE job_state = 'queued'
+            WINDOW w AS (PARTITION BY job_provider ORDER BY job_created_at, job_id)),
+        positions AS (
+            SELECT w.job_id, 1 + sum(before.n) OVER (
+                       PARTITION BY w.job_provider ORDER BY w.job_created_at, w.job_id
+                   ) AS queue_position
+              FROM waiting w CROSS JOIN LATERAL (
+                  SELECT count(*) AS n FROM jobs q
+                   WHERE q.state = 'queued' AND q.provider = w.job_provider
+                     AND (q.created_at, q.id) < (w.job_created_at, w.job_id)
+                     AND (w.after_at IS NULL
+                          OR (q.created_at, q.id) >= (w.after_at, w.after_id))
+                     -- the same bounds on created_at alone, which the index can take
+                     AND q.created_at <= w.job_created_at
+                     AND q.created_at >= coalesce(w.after_at, '-infinity')) before)
+        SELECT page.*, positions.queue_position
+          FROM page LEFT JOIN positions USING (job_id)
+         ORDER BY page.created_at DESC, page.id DESC
+        """,
         *args,
     )
     return [to_resource(r) for r in rows]

@@ -29,7 +29,7 @@ from shared.events import (
     VideoResource,
 )
 from shared.settings import ROOT
-from shared.videos import fetch_video
+from shared.videos import fetch_video, list_videos
 from tests.infra import Infra
 from tests.integration.conftest import Client, Statements
 
@@ -49,9 +49,11 @@ async def workspace_with_character(pool: asyncpg.Pool, credits: int, sandbox: bo
     return workspace, character["id"]
 
 
-def request(workspace: handlers.Workspace, character: UUID, seconds: int) -> handlers.NewVideo:
+def request(workspace: handlers.Workspace, character: UUID, seconds: int,
+            model_id: str | None = None) -> handlers.NewVideo:
     valid = handlers.judge({"character_id": str(character), "scene_description": SCENE,
-                            "duration_seconds": seconds, "hashtags": ["ootd", "paris"]}, CATALOG)
+                            "duration_seconds": seconds, "hashtags": ["ootd", "paris"],
+                            **({"model_id": model_id} if model_id else {})}, CATALOG)
     return handlers.NewVideo(workspace, valid, "test")
 
 
@@ -456,3 +458,56 @@ async def test_the_generators_writes_do_not_wait_for_the_disk_until_flush_wal(
     states = await pool.fetch("SELECT state FROM jobs WHERE id = any($1::uuid[])",
                               [e.job.job_id for e in events])
     assert {row["state"] for row in states} == {"succeeded"}
+
+
+async def test_a_page_of_queued_videos_has_their_positions_in_one_pass(
+    pool: asyncpg.Pool
+) -> None:
+    # Positions in a page were counted anew for each video (the page read the queue once per
+    # queued video: 0.5 s for 100 of them with 20,000 queued). They are computed in one pass
+    # now, and must be the ones each video's own read gives.
+    mine, my_character = await workspace_with_character(pool, credits=100_000)
+    other, other_character = await workspace_with_character(pool, credits=100_000)
+    deps = handlers.IntakeDeps(pool=pool, catalog=CATALOG, job_deadline=timedelta(hours=1))
+    async with pool.acquire() as conn:
+        transaction = conn.transaction()
+        await transaction.start()
+        try:
+            for n in range(4):  # a queue ahead of mine, of both providers
+                await handlers.create_videos(deps, conn, [
+                    request(other, other_character, 5, "sandbox-clip" if n % 2 else None)
+                    for _ in range(100)])
+            for n in range(12):  # mine and another workspace's, in both of two queues
+                models: list[str | None] = [None, None, None]
+                models[n % 3] = "sandbox-clip"
+                await handlers.create_videos(deps, conn, [
+                    request(mine, my_character, 5, models[0]),
+                    request(other, other_character, 5, models[1]),
+                    request(mine, my_character, 5, models[2])])
+            # Some no longer queued: gaps between the queued ones.
+            await conn.execute(
+                "UPDATE jobs SET state = 'submitted' WHERE id IN (SELECT id FROM jobs"
+                " WHERE workspace_id = $1 AND state = 'queued' ORDER BY created_at"
+                " LIMIT 5 OFFSET 3)", mine.id)
+            queued = await conn.fetchval("SELECT count(*) FROM jobs WHERE state = 'queued'")
+            # entries of the queue's index read (the counting; the page itself reads others)
+            read = "SELECT pg_stat_get_xact_tuples_returned('jobs_queued_by_provider'::regclass)"
+            pages: list[list[VideoResource]] = []
+            entries_read = -await conn.fetchval(read)
+            pages.append(await list_videos(conn, "v.workspace_id = $1", [mine.id], 10))
+            pages.append(await list_videos(
+                conn, "v.workspace_id = $1 AND (v.created_at, v.id) < ($2, $3)",
+                [mine.id, pages[0][-1].created_at, pages[0][-1].id], 100))
+            entries_read += await conn.fetchval(read)
+            listed = [video for page in pages for video in page]
+            assert len(listed) == 24
+            alone = [await fetch_video(conn, video.id) for video in listed]
+            assert [v.job.queue_position for v in listed] == [
+                v.job.queue_position if v else "missing" for v in alone]
+            assert {v.job.provider for v in listed if v.job.queue_position} == {
+                "local", "sandbox"}
+            assert sum(v.job.queue_position is None for v in listed) == 5  # submitted
+            # About the queue once per page (two here), not once per queued video (19).
+            assert entries_read < 3 * queued, (entries_read, queued)
+        finally:
+            await transaction.rollback()
