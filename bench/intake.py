@@ -79,27 +79,36 @@ async def asyncpg_inserts(dsn: str, seconds: float = SECONDS, concurrency: int =
     return {"transactions_per_second": round(done / elapsed, 1), "concurrency": concurrency}
 
 
-async def _backlog(dsn: str) -> int:
+async def _drain(dsn: str, timeout: float) -> None:
     conn = await asyncpg.connect(dsn)
     try:
-        count: int = await conn.fetchval(
-            "SELECT count(*) FROM jobs WHERE state NOT IN ('succeeded', 'failed', 'canceled')")
-        return count
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            # jobs the generator has not ended, and videos the finalizer has not finalized
+            if not await conn.fetchval(
+                    "SELECT EXISTS (SELECT FROM jobs"
+                    "                WHERE state NOT IN ('succeeded', 'failed', 'canceled'))"
+                    "    OR EXISTS (SELECT FROM videos WHERE status IN ('queued', 'generating'))"):
+                return
+            await asyncio.sleep(0.2)
     finally:
         await conn.close()
 
 
 def drain(stack: Stack, timeout: float = 300) -> float:
-    """Wait until every job of earlier runs is done, so that each run starts from rest."""
+    """Wait until every job of earlier runs is done and finalized, so that each run starts
+    from rest; the seconds it took."""
     started = time.monotonic()
-    while asyncio.run(_backlog(stack.database_url)) and time.monotonic() - started < timeout:
-        time.sleep(0.5)
+    asyncio.run(_drain(stack.database_url, timeout))
     return round(time.monotonic() - started, 1)
 
 
-def intake_alone(stack: Stack, target: Target) -> dict[str, Any]:
+def intake_alone(stack: Stack, target: Target) -> tuple[dict[str, Any], dict[str, Any]]:
     """Saturation with the generator and finalizer paused (SIGSTOP): what intake costs and
-    reaches when it does not share the cores with the pipeline working off its backlog."""
+    reaches when it does not share the cores with the pipeline working off its backlog.
+    Then the pipeline alone, working off that backlog with the whole machine and batches as
+    large as they come: how many jobs a second it finishes, and its CPU per job, which
+    bound what intake can sustain with the whole stack running."""
     paused = [pid for name in ("generator", "finalizer") if (pid := stack.service_pid(name))]
     drain(stack)
     for pid in paused:
@@ -111,10 +120,17 @@ def intake_alone(stack: Stack, target: Target) -> dict[str, Any]:
     finally:
         for pid in paused:
             os.kill(pid, signal.SIGCONT)
-    spent = cpu_spent(before, after, scale=1000 / max(result["ok"], 1))
+    jobs = max(result["ok"], 1)
+    spent = cpu_spent(before, after, scale=1000 / jobs)
     result["cpu_ms_per_request"] = {
         name: ms for name, ms in spent.items() if name not in ("generator", "finalizer")}
-    return result
+    seconds = drain(stack, timeout=600)
+    per_job = cpu_spent(after, cpu_seconds(stack), scale=1000 / jobs)
+    backlog = {"jobs": result["ok"], "seconds": round(seconds, 1),
+               "jobs_per_second": round(result["ok"] / seconds, 1),
+               "cpu_ms_per_job": per_job,
+               "cpu_ms_per_job_total": round(sum(per_job.values()), 2)}
+    return result, backlog
 
 
 def run() -> dict[str, Any]:
@@ -144,12 +160,13 @@ def run() -> dict[str, Any]:
         drain(stack)
         saturation = attack(target, rate=0, seconds=SECONDS, ok=202)
         inserts = asyncio.run(asyncpg_inserts(stack.database_url))
-        alone = intake_alone(stack, target)  # last: it leaves a backlog behind
+        alone, backlog = intake_alone(stack, target)
     bare = bare_aiohttp(body)
     at_1000 = next(r for r in rates if r["target_rate"] == 1000)
     result = {
         "intake": {"saturation": saturation, "rates": rates,
-                   "saturation_pipeline_paused": alone},
+                   "saturation_pipeline_paused": alone,
+                   "pipeline_working_off_the_backlog": backlog},
         "baseline_bare_aiohttp": bare,
         "baseline_asyncpg_insert_transactions": inserts,
         "memory_rss_mb": {"idle": idle, "under_1000_rps": loaded},
@@ -177,5 +194,7 @@ def run() -> dict[str, Any]:
               f"ok {r['ok']}/{r['requests']}")
     print(f"  with the generator and finalizer paused: {alone['ok_per_second']} accepted/s, "
           f"CPU per request {alone['cpu_ms_per_request']} ms")
+    print(f"  then the pipeline alone worked off those {backlog['jobs']} jobs at "
+          f"{backlog['jobs_per_second']}/s, CPU per job {backlog['cpu_ms_per_job']} ms")
     print(f"  memory idle {idle} MB; under 1000/s {loaded} MB -> {path}")
     return result
