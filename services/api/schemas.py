@@ -241,7 +241,8 @@ class WebhookSecret(BaseModel):
     id: UUID
     secret: str = Field(description="Shown once: the endpoint's new secret")
     previous_secret_expires_at: datetime = Field(
-        description="Until then deliveries are signed with the previous secret as well")
+        description="Until then deliveries are signed with the secret just replaced as well "
+        "(and with those replaced before it, each until 24 hours after its replacement)")
 
 
 class WebhookList(BaseModel):

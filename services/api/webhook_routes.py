@@ -32,6 +32,9 @@ routes = web.RouteTableDef()
 MAX_ENDPOINTS = 16
 #: How long after a secret is replaced deliveries are still signed with it too.
 SECRET_OVERLAP = timedelta(hours=24)
+#: Replaced secrets still signing, at most (the newest): each is a signature on every
+#: delivery.
+MAX_PREVIOUS_SECRETS = 8
 
 
 @routes.post("/v1/webhooks")
@@ -72,15 +75,26 @@ async def list_webhooks(request: web.Request) -> web.Response:
 
 @routes.post("/v1/webhooks/{id}/secret")
 @operation(summary="Replace the endpoint's secret (shown once); deliveries are signed with "
-           "the previous one as well for 24 hours, so that the receiver can switch over",
-           responses={200: WebhookSecret, 404: None}, tags=("webhooks",))
+           "each replaced secret as well for 24 hours after its replacement, so that the "
+           "receiver can switch over", responses={200: WebhookSecret, 404: None},
+           tags=("webhooks",))
 async def replace_secret(request: web.Request) -> web.Response:
+    # The secret replaced now joins those replaced before that still sign; the expired
+    # ones, and any beyond the newest MAX_PREVIOUS_SECRETS, are dropped.
     row = await request.app[POOL].fetchrow(
-        "UPDATE webhook_endpoints SET previous_secret = secret, secret = $3,"
-        " previous_secret_expires_at = now() + $4::interval"
-        " WHERE id = $1 AND workspace_id = $2 AND deleted_at IS NULL"
-        " RETURNING id, secret, previous_secret_expires_at",
-        uuid_param(request), workspace_of(request).id, new_secret(), SECRET_OVERLAP)
+        """
+        UPDATE webhook_endpoints SET secret = $3, previous_secrets = (
+            SELECT coalesce(jsonb_agg(kept.p), '[]'::jsonb) FROM (
+                SELECT p FROM jsonb_array_elements(previous_secrets || jsonb_build_array(
+                           jsonb_build_object('secret', secret,
+                                              'expires_at', now() + $4::interval))) AS e(p)
+                 WHERE (p->>'expires_at')::timestamptz > now()
+                 ORDER BY (p->>'expires_at')::timestamptz DESC LIMIT $5) kept)
+         WHERE id = $1 AND workspace_id = $2 AND deleted_at IS NULL
+        RETURNING id, secret, now() + $4::interval AS previous_secret_expires_at
+        """,
+        uuid_param(request), workspace_of(request).id, new_secret(), SECRET_OVERLAP,
+        MAX_PREVIOUS_SECRETS)
     if row is None:
         raise handlers.NotFound()
     return ok(WebhookSecret.model_validate(dict(row)))

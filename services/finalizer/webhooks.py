@@ -159,8 +159,9 @@ class WebhookSender:
               FROM due, webhook_endpoints e
              WHERE d.id = due.id AND e.id = d.endpoint_id
             RETURNING d.id, d.event_id, d.payload, d.attempts, d.give_up_at, e.url, e.secret,
-                      e.deleted_at, CASE WHEN e.previous_secret_expires_at > now()
-                                         THEN e.previous_secret END AS previous_secret
+                      e.deleted_at, ARRAY(  -- replaced secrets that still sign
+                          SELECT p->>'secret' FROM jsonb_array_elements(e.previous_secrets) x(p)
+                           WHERE (p->>'expires_at')::timestamptz > now()) AS previous_secrets
             """,
             self._cfg.concurrency, self._cfg.timeout_seconds * 3)
         return rows
@@ -177,7 +178,7 @@ class WebhookSender:
             await asyncio.to_thread(check_url, row["url"], allow_private=self._cfg.allow_private)
             async with self._http.post(
                 row["url"], data=body,
-                headers=headers([s for s in (row["secret"], row["previous_secret"]) if s],
+                headers=headers([row["secret"], *row["previous_secrets"]],
                                 str(row["event_id"]), int(time.time()), body),
                 timeout=aiohttp.ClientTimeout(total=self._cfg.timeout_seconds),
                 allow_redirects=False,

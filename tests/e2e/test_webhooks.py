@@ -104,7 +104,8 @@ async def test_endpoints_filter_list_and_delete(api: Api, receiver: Receiver) ->
 async def test_a_replaced_secret_signs_beside_the_new_one_until_it_expires(
         api: Api, stack: Stack) -> None:
     """The receiver switches its verification over at its own pace: for 24 hours after the
-    secret is replaced, each delivery verifies with the old secret and with the new."""
+    secret is replaced, each delivery verifies with the old secret and with the new, and
+    with every other secret replaced within its own 24 hours (the newest 8)."""
     hook = Receiver(failures=0)
     app = web.Application()
     app.router.add_post("/hooks", hook.handle)
@@ -134,18 +135,40 @@ async def test_a_replaced_secret_signs_beside_the_new_one_until_it_expires(
         assert len(headers["webhook-signature"].split(" ")) == 2
         for secret in (endpoint["secret"], replaced["secret"]):
             Webhook(secret).verify(body, headers)  # raises on a bad signature
+        # Replaced again within the 24 hours: the first replaced secret still signs too
+        # (a receiver may not have switched yet).
+        status, again = await api.call("POST", f"/v1/webhooks/{endpoint['id']}/secret", key)
+        assert status == 200, again
+        headers, body = await delivered()
+        assert len(headers["webhook-signature"].split(" ")) == 3
+        for secret in (endpoint["secret"], replaced["secret"], again["secret"]):
+            Webhook(secret).verify(body, headers)
         conn = await asyncpg.connect(stack.database_url)
-        try:  # the 24 hours are over
-            await conn.execute("UPDATE webhook_endpoints SET previous_secret_expires_at ="
-                               " now() - interval '1 second' WHERE id = $1",
-                               UUID(endpoint["id"]))
+        try:  # the 24 hours of the first replacement are over
+            await conn.execute(
+                "UPDATE webhook_endpoints SET previous_secrets = (SELECT jsonb_agg(CASE"
+                "  WHEN p->>'secret' = $2 THEN jsonb_set(p, '{expires_at}',"
+                "                                         to_jsonb(now() - interval '1 s'))"
+                "  ELSE p END) FROM jsonb_array_elements(previous_secrets) x(p))"
+                " WHERE id = $1", UUID(endpoint["id"]), endpoint["secret"])
         finally:
             await conn.close()
         headers, body = await delivered()
-        assert len(headers["webhook-signature"].split(" ")) == 1
-        Webhook(replaced["secret"]).verify(body, headers)
+        assert len(headers["webhook-signature"].split(" ")) == 2
+        for secret in (replaced["secret"], again["secret"]):
+            Webhook(secret).verify(body, headers)
         with pytest.raises(WebhookVerificationError):
             Webhook(endpoint["secret"]).verify(body, headers)
+        for _ in range(10):  # only the newest replaced secrets sign
+            status, _ = await api.call("POST", f"/v1/webhooks/{endpoint['id']}/secret", key)
+            assert status == 200
+        conn = await asyncpg.connect(stack.database_url)
+        try:
+            assert await conn.fetchval(
+                "SELECT jsonb_array_length(previous_secrets) FROM webhook_endpoints"
+                " WHERE id = $1", UUID(endpoint["id"])) == 8
+        finally:
+            await conn.close()
         other = await api.workspace(sandbox=True)
         for who, path in ((other, endpoint["id"]), (key, str(uuid4()))):
             status, _ = await api.call("POST", f"/v1/webhooks/{path}/secret", who)
