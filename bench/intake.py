@@ -124,7 +124,7 @@ def intake_alone(stack: Stack, target: Target) -> tuple[dict[str, Any], dict[str
     spent = cpu_spent(before, after, scale=1000 / jobs)
     result["cpu_ms_per_request"] = {
         name: ms for name, ms in spent.items() if name not in ("generator", "finalizer")}
-    seconds = drain(stack, timeout=600)
+    seconds = max(drain(stack, timeout=600), 0.1)
     per_job = cpu_spent(after, cpu_seconds(stack), scale=1000 / jobs)
     backlog = {"jobs": result["ok"], "seconds": round(seconds, 1),
                "jobs_per_second": round(result["ok"] / seconds, 1),
