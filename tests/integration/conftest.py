@@ -19,6 +19,19 @@ from tests.infra import Infra
 ADMIN = "test-admin-token"
 
 
+@asynccontextmanager
+async def rolled_back(pool: asyncpg.Pool) -> AsyncIterator[Any]:
+    """A connection in a transaction that is rolled back at the end, whatever happens: rows
+    made for one test (thousands of queued jobs) that no other test or worker may see."""
+    async with pool.acquire() as conn:
+        transaction = conn.transaction()
+        await transaction.start()
+        try:
+            yield conn
+        finally:
+            await transaction.rollback()
+
+
 @pytest.fixture(scope="package", autouse=True)
 def cancel_leftover_jobs(infra: Infra) -> Iterator[None]:
     """These tests run no generator, and leave queued jobs whose events later reach the

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -30,6 +29,7 @@ from shared.db import one
 from shared.events import VideoJobQueued
 from shared.runtime import stop_task
 from tests.catalogs import small_hosted_catalog
+from tests.integration.conftest import rolled_back
 from tests.standins.replicate import TOKEN, ReplicateStandIn, Script
 
 pytestmark = pytest.mark.integration
@@ -424,18 +424,6 @@ async def template(pool: asyncpg.Pool, catalog_path: Path) -> AsyncIterator[UUID
     yield job_id
     await pool.execute("UPDATE jobs SET state = 'canceled', finished_at = now() WHERE id = $1",
                        job_id)
-
-
-@contextlib.asynccontextmanager
-async def rolled_back(pool: asyncpg.Pool) -> AsyncIterator[Any]:
-    """A connection in a transaction that is rolled back at the end, whatever happens."""
-    async with pool.acquire() as conn:
-        transaction = conn.transaction()
-        await transaction.start()
-        try:
-            yield conn
-        finally:
-            await transaction.rollback()
 
 
 async def copies_queued(conn: Any, template: UUID, count: int) -> list[UUID]:

@@ -31,7 +31,7 @@ from shared.events import (
 from shared.settings import ROOT
 from shared.videos import fetch_video, list_videos
 from tests.infra import Infra
-from tests.integration.conftest import Client, Statements
+from tests.integration.conftest import Client, Statements, rolled_back
 
 pytestmark = pytest.mark.integration
 CATALOG = Catalog.load(ROOT / "deploy" / "catalog.json")
@@ -469,45 +469,40 @@ async def test_a_page_of_queued_videos_has_their_positions_in_one_pass(
     mine, my_character = await workspace_with_character(pool, credits=100_000)
     other, other_character = await workspace_with_character(pool, credits=100_000)
     deps = handlers.IntakeDeps(pool=pool, catalog=CATALOG, job_deadline=timedelta(hours=1))
-    async with pool.acquire() as conn:
-        transaction = conn.transaction()
-        await transaction.start()
-        try:
-            for n in range(4):  # a queue ahead of mine, of both providers
-                await handlers.create_videos(deps, conn, [
-                    request(other, other_character, 5, "sandbox-clip" if n % 2 else None)
-                    for _ in range(100)])
-            for n in range(12):  # mine and another workspace's, in both of two queues
-                models: list[str | None] = [None, None, None]
-                models[n % 3] = "sandbox-clip"
-                await handlers.create_videos(deps, conn, [
-                    request(mine, my_character, 5, models[0]),
-                    request(other, other_character, 5, models[1]),
-                    request(mine, my_character, 5, models[2])])
-            # Some no longer queued: gaps between the queued ones.
-            await conn.execute(
-                "UPDATE jobs SET state = 'submitted' WHERE id IN (SELECT id FROM jobs"
-                " WHERE workspace_id = $1 AND state = 'queued' ORDER BY created_at"
-                " LIMIT 5 OFFSET 3)", mine.id)
-            queued = await conn.fetchval("SELECT count(*) FROM jobs WHERE state = 'queued'")
-            # entries of the queue's index read (the counting; the page itself reads others)
-            read = "SELECT pg_stat_get_xact_tuples_returned('jobs_queued_by_provider'::regclass)"
-            pages: list[list[VideoResource]] = []
-            entries_read = -await conn.fetchval(read)
-            pages.append(await list_videos(conn, "v.workspace_id = $1", [mine.id], 10))
-            pages.append(await list_videos(
-                conn, "v.workspace_id = $1 AND (v.created_at, v.id) < ($2, $3)",
-                [mine.id, pages[0][-1].created_at, pages[0][-1].id], 100))
-            entries_read += await conn.fetchval(read)
-            listed = [video for page in pages for video in page]
-            assert len(listed) == 24
-            alone = [await fetch_video(conn, video.id) for video in listed]
-            assert [v.job.queue_position for v in listed] == [
-                v.job.queue_position if v else "missing" for v in alone]
-            assert {v.job.provider for v in listed if v.job.queue_position} == {
-                "local", "sandbox"}
-            assert sum(v.job.queue_position is None for v in listed) == 5  # submitted
-            # About the queue once per page (two here), not once per queued video (19).
-            assert entries_read < 3 * queued, (entries_read, queued)
-        finally:
-            await transaction.rollback()
+    async with rolled_back(pool) as conn:
+        for n in range(4):  # a queue ahead of mine, of both providers
+            await handlers.create_videos(deps, conn, [
+                request(other, other_character, 5, "sandbox-clip" if n % 2 else None)
+                for _ in range(100)])
+        for n in range(12):  # mine and another workspace's, in both of two queues
+            models: list[str | None] = [None, None, None]
+            models[n % 3] = "sandbox-clip"
+            await handlers.create_videos(deps, conn, [
+                request(mine, my_character, 5, models[0]),
+                request(other, other_character, 5, models[1]),
+                request(mine, my_character, 5, models[2])])
+        # Some no longer queued: gaps between the queued ones.
+        await conn.execute(
+            "UPDATE jobs SET state = 'submitted' WHERE id IN (SELECT id FROM jobs"
+            " WHERE workspace_id = $1 AND state = 'queued' ORDER BY created_at"
+            " LIMIT 5 OFFSET 3)", mine.id)
+        queued = await conn.fetchval("SELECT count(*) FROM jobs WHERE state = 'queued'")
+        # entries of the queue's index read (the counting; the page itself reads others)
+        read = "SELECT pg_stat_get_xact_tuples_returned('jobs_queued_by_provider'::regclass)"
+        pages: list[list[VideoResource]] = []
+        entries_read = -await conn.fetchval(read)
+        pages.append(await list_videos(conn, "v.workspace_id = $1", [mine.id], 10))
+        pages.append(await list_videos(
+            conn, "v.workspace_id = $1 AND (v.created_at, v.id) < ($2, $3)",
+            [mine.id, pages[0][-1].created_at, pages[0][-1].id], 100))
+        entries_read += await conn.fetchval(read)
+        listed = [video for page in pages for video in page]
+        assert len(listed) == 24
+        alone = [await fetch_video(conn, video.id) for video in listed]
+        assert [v.job.queue_position for v in listed] == [
+            v.job.queue_position if v else "missing" for v in alone]
+        assert {v.job.provider for v in listed if v.job.queue_position} == {
+            "local", "sandbox"}
+        assert sum(v.job.queue_position is None for v in listed) == 5  # submitted
+        # About the queue once per page (two here), not once per queued video (19).
+        assert entries_read < 3 * queued, (entries_read, queued)
