@@ -155,6 +155,22 @@ def after_locking(cte: str) -> str:
     return f"(SELECT count(*) FROM {cte}) >= 0"
 
 
+async def delete_in_batches(conn: Conn, table: str, where: str, *args: Any,
+                            batch: int = 10_000) -> int:
+    """Delete the rows of `table` that match `where` (placeholders $1.. for `args`), `batch`
+    rows per statement, each its own transaction (no long lock or transaction), until fewer
+    come back; how many in all."""
+    deleted = 0
+    while True:
+        status: str = await conn.execute(
+            f"DELETE FROM {table} WHERE ctid = ANY (ARRAY(SELECT ctid FROM {table}"
+            f" WHERE {where} LIMIT ${len(args) + 1}))", *args, batch)
+        count = int(status.split()[-1])
+        deleted += count
+        if count < batch:
+            return deleted
+
+
 def one(row: asyncpg.Record | None) -> asyncpg.Record:
     """The row a statement that always returns one (INSERT ... RETURNING) returned."""
     assert row is not None

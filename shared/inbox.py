@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from uuid import UUID
 
-from shared.db import Conn
+from shared.db import Conn, delete_in_batches
 
 
 async def first_delivery(conn: Conn, *, consumer: str, event_id: UUID) -> bool:
@@ -45,14 +45,5 @@ async def purge(conn: Conn, *, older_than: timedelta, batch: int = 10_000) -> in
     event is still in its topic: `older_than` must exceed the longest a record stays there
     (the topic's `retention.ms` plus its `segment.ms`: a segment is deleted only once its
     newest record is past retention)."""
-    deleted = 0
-    while True:
-        status: str = await conn.execute(
-            "DELETE FROM inbox WHERE ctid = ANY (ARRAY(SELECT ctid FROM inbox"
-            " WHERE received_at < now() - $1::interval LIMIT $2))",
-            older_than, batch,
-        )
-        count = int(status.split()[-1])
-        deleted += count
-        if count < batch:
-            return deleted
+    return await delete_in_batches(conn, "inbox", "received_at < now() - $1::interval",
+                                   older_than, batch=batch)

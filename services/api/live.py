@@ -6,6 +6,7 @@ connection per api process wakes the streams of the videos that changed."""
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import Any
 
 from aiohttp import web
@@ -17,6 +18,7 @@ from services.api.http import uuid_param
 from services.api.keys import HUB, POOL, workspace_of
 from services.api.openapi import operation
 from services.api.problems import problem
+from shared.db import Conn, delete_in_batches
 from shared.events import FINAL_STATUSES
 from shared.runtime import wait_event
 
@@ -31,6 +33,22 @@ def _payload(row: Any) -> str:
                 "attempts": row["attempts"], "error": row["error"]},
         "at": row["created_at"].isoformat(),
     })
+
+
+async def purge(conn: Conn, *, older_than: timedelta, batch: int = 10_000) -> int:
+    """Delete the history rows older than `older_than` of videos that are over (a stream of
+    one then shows its state as it is now: `video_events`); how many were deleted."""
+    return await delete_in_batches(
+        conn, "video_events",
+        "created_at < now() - $1::interval AND video_id IN"
+        " (SELECT id FROM videos WHERE status = any($2::text[]))",
+        older_than, sorted(FINAL_STATUSES), batch=batch)
+
+
+#: A video's state as it is now, in the columns of a `video_events` row.
+_NOW = """SELECT v.id AS video_id, v.status, v.review_state, j.state AS job_state,
+                 j.progress, j.attempts, j.error, v.updated_at AS created_at
+            FROM videos v JOIN jobs j ON j.video_id = v.id WHERE v.id = $1"""
 
 
 @routes.get("/v1/videos/{id}/events")
@@ -59,6 +77,7 @@ async def video_events(request: web.Request) -> web.StreamResponse:
     wake = hub.subscribe(video_id)
     try:
         async with sse_response(request) as sse:
+            first = True
             while sse.is_connected():
                 wake.clear()
                 rows = await pool.fetch(
@@ -69,6 +88,13 @@ async def video_events(request: web.Request) -> web.StreamResponse:
                     last = row["id"]
                 if rows and rows[-1]["status"] in FINAL_STATUSES:
                     break
+                if first and not rows and (now := await pool.fetchrow(_NOW, video_id)) \
+                        and now["status"] in FINAL_STATUSES:
+                    # Over, and no change after `last` (its history purged, or `last` the
+                    # final one's id already): its state as it is now, then the end.
+                    await sse.send(_payload(now), id=str(last), event="status")
+                    break
+                first = False
                 await wait_event(wake, 5)
             return sse
     finally:

@@ -10,7 +10,7 @@ import asyncpg
 from aiohttp import web
 from faststream.kafka import KafkaBroker
 
-from services.api import consumer, idempotency
+from services.api import consumer, idempotency, live
 from services.api.auth import KeyCache
 from services.api.browser import browser_headers
 from services.api.event_hub import VideoEventHub
@@ -90,16 +90,19 @@ def build_app(settings: ApiSettings, pool: asyncpg.Pool, broker: KafkaBroker,
 
 
 async def housekeeping(pool: asyncpg.Pool, inbox_retention: timedelta,
-                       every: float = 3600) -> None:
-    """Hourly: forget idempotency keys older than 24 hours, and inbox rows older than
-    `inbox_retention` (every api process does it; they only delete)."""
+                       events_retention: timedelta, every: float = 3600) -> None:
+    """Hourly: forget idempotency keys older than 24 hours, inbox rows older than
+    `inbox_retention`, and the live-status history of videos that are over older than
+    `events_retention` (every api process does it; they only delete)."""
     while True:
         try:
             async with pool.acquire() as conn:
                 await idempotency.purge_expired(conn)
                 deleted = await inbox.purge(conn, older_than=inbox_retention)
-            if deleted:
-                log.info("purged %d inbox rows older than %s", deleted, inbox_retention)
+                history = await live.purge(conn, older_than=events_retention)
+            if deleted or history:
+                log.info("purged %d inbox rows older than %s, %d video events older than %s",
+                         deleted, inbox_retention, history, events_retention)
         except DATABASE_ERRORS as exc:
             log.warning("housekeeping failed: %r", exc)
         await asyncio.sleep(every)
@@ -124,7 +127,8 @@ async def serve(settings: ApiSettings) -> None:
     tasks = [asyncio.create_task(relay.run(), name="outbox-relay"),
              asyncio.create_task(publisher.run(), name="outbox-publisher"),
              asyncio.create_task(housekeeping(
-                 pool, timedelta(days=settings.inbox_retention_days)), name="housekeeping"),
+                 pool, timedelta(days=settings.inbox_retention_days),
+                 timedelta(days=settings.video_events_retention_days)), name="housekeeping"),
              asyncio.create_task(hub.run(), name="video-events")]
     app = build_app(settings, pool, broker, deps, hub)
     runner = web.AppRunner(app, access_log=None)

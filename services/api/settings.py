@@ -29,3 +29,6 @@ class ApiSettings(CommonSettings):
     #: stays in a topic, Kafka's `retention.ms` plus `segment.ms` (7 + 7 days by default):
     #: only a record still there can be delivered again.
     inbox_retention_days: float = Field(default=15, gt=0)
+    #: The live-status history (`GET /v1/videos/{id}/events`) of videos that are over is
+    #: deleted after this long (hourly); a stream of one then shows its state as it is.
+    video_events_retention_days: float = Field(default=30, gt=0)
