@@ -13,18 +13,23 @@ import json
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from bench.common import bench_stack, cpu_seconds, cpu_spent, settle, write_result
 from bench.floor import FETCH_MAX_WAIT_MS, floor_pipeline
-from devstack.stack import call_api
+from devstack.stack import Stack, call_api
 from services.generator.settings import GeneratorSettings
+from shared.events import TOPIC_COMPLETED, TOPIC_GENERATED, TOPIC_JOBS
 from shared.kafka import topic_partitions
 
 RATES = (50, 200)
+#: The rate of the run that traces each video's way (`stages`): the goal's.
+TRACED_RATE = 200
 WARM_UP_RATE = 100
 SECONDS = 10
 FETCH_WAITS = (10, 100)
@@ -37,7 +42,78 @@ def _pct(values: list[float], q: float) -> float:
     return round(ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))], 1)
 
 
-async def _consumer(bootstrap: str, topic: str) -> AIOKafkaConsumer:
+@dataclass
+class Trace:
+    """Wall-clock instants (seconds) of each video on its way, by video id, for `stages`:
+    the load generator's own, and each event's on the topics the pipeline passes
+    (`TRACED_TOPICS`; the record's timestamp, which its producer sets when it sends)."""
+
+    posted: dict[str, float] = field(default_factory=dict)
+    answered: dict[str, float] = field(default_factory=dict)
+    received: dict[str, float] = field(default_factory=dict)
+    sent: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def record(self, topic: str, value: bytes, timestamp_ms: int) -> None:
+        video = json.loads(value).get("correlation_id")
+        if video is not None:
+            self.sent.setdefault(topic, {}).setdefault(video, timestamp_ms / 1000)
+
+
+TRACED_TOPICS = (TOPIC_JOBS, TOPIC_GENERATED, TOPIC_COMPLETED)
+#: A video's way, in order: (instant, what happened there). The database's instants are its
+#: statements' `now()` (their transaction's start); the events' their producer's send.
+WAY = (
+    ("posted", "the load generator sends the POST"),
+    ("job_event_sent", "the api sends `video.job.queued` (after its commit)"),
+    ("accepted", "the generator's accept statement starts (after the Kafka hop)"),
+    ("succeeded", "the generator's success statement starts (the sandbox clip is ready)"),
+    ("generated_event_sent", "the generator sends `video.generation.succeeded`"),
+    ("settled", "the finalizer's settlement statement starts (after a hop and a read)"),
+    ("completed_event_sent", "the finalizer sends `video.approved` (after its commit)"),
+    ("received", "the load generator has the event (a Kafka hop)"),
+)
+
+
+def stages(trace: Trace, db: dict[str, tuple[float, float, float]]) -> dict[str, Any]:
+    """Where the time goes between each instant of `WAY` and the next, over the videos
+    seen at every instant: p50 and p90 in ms. `db`: each video's accept, success and
+    settlement instants. (The stages' p50s need not add up to the whole way's p50.)"""
+    ways: dict[str, list[float]] = {}
+    for video, received in trace.received.items():
+        job_sent, generated_sent, completed_sent = (
+            trace.sent.get(topic, {}).get(video) for topic in TRACED_TOPICS)
+        if (video not in db or video not in trace.posted or job_sent is None
+                or generated_sent is None or completed_sent is None):
+            continue  # not seen at every instant: left out (`videos` counts the rest)
+        accepted, succeeded, settled = db[video]
+        ways[video] = [trace.posted[video], job_sent, accepted, succeeded, generated_sent,
+                       settled, completed_sent, received]
+    out: list[dict[str, Any]] = []
+    for i in range(len(WAY) - 1):
+        took = [(way[i + 1] - way[i]) * 1000 for way in ways.values()]
+        out.append({"from": WAY[i][0], "to": WAY[i + 1][0], "what": WAY[i + 1][1],
+                    "p50_ms": _pct(took, 0.5) if took else None,
+                    "p90_ms": _pct(took, 0.9) if took else None})
+    whole = [(way[-1] - trace.answered[video]) * 1000 for video, way in ways.items()
+             if video in trace.answered]
+    return {"videos": len(ways), "stages": out,
+            "answered_to_received_p50_ms": _pct(whole, 0.5) if whole else None}
+
+
+async def _db_instants(dsn: str, videos: list[str]) -> dict[str, tuple[float, float, float]]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT j.video_id::text AS video, extract(epoch FROM j.accepted_at) AS a,"
+            " extract(epoch FROM j.finished_at) AS f, extract(epoch FROM s.created_at) AS s"
+            " FROM jobs j JOIN settlements s ON s.job_id = j.id"
+            " WHERE j.video_id = any($1::uuid[])", videos)
+    finally:
+        await conn.close()
+    return {r["video"]: (float(r["a"]), float(r["f"]), float(r["s"])) for r in rows}
+
+
+async def _consumer(bootstrap: str, *topics: str) -> AIOKafkaConsumer:
     # A fetch returns as soon as one of its partitions has a record; the wait bounds only the
     # fetches that find nothing. At 5 ms (it was) those cost the load generator and the
     # broker about 0.35 ms of CPU per job at 200 jobs/s, on the cores the stack runs on,
@@ -45,7 +121,7 @@ async def _consumer(bootstrap: str, topic: str) -> AIOKafkaConsumer:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
                                 fetch_max_wait_ms=100, enable_auto_commit=False)
     await consumer.start()
-    tps = await topic_partitions(bootstrap, [topic])
+    tps = await topic_partitions(bootstrap, list(topics))
     consumer.assign(tps)
     await consumer.seek_to_end(*tps)
     for tp in tps:
@@ -87,29 +163,41 @@ async def round_trip(bootstrap: str, rate: int) -> dict[str, Any]:
 
 async def timed_load(url: str, body: bytes, headers: dict[str, str], bootstrap: str,
                      topic: str, done_id: Callable[[bytes], str | None], rate: int,
-                     seconds: float = SECONDS) -> dict[str, Any]:
+                     seconds: float = SECONDS, trace: Trace | None = None) -> dict[str, Any]:
     """POST `body` to `url` `rate` times a second for `seconds` (an open model: each request
     starts on schedule) and time each from its 202 (whose JSON names an `id`) to the first
-    record on `topic` for which `done_id` gives that id."""
-    consumer = await _consumer(bootstrap, topic)
+    record on `topic` for which `done_id` gives that id. With `trace`, also note each
+    video's instants there, and read the pipeline's other topics for theirs (which costs
+    the load generator more CPU, on the cores the stack runs on)."""
+    watched = TRACED_TOPICS if trace is not None else (topic,)
+    consumer = await _consumer(bootstrap, *watched)
     accepted: dict[str, float] = {}
     done: dict[str, float] = {}
     total = round(rate * seconds)
 
     async def receive() -> None:
         while len(done) < total:
-            for records in (await consumer.getmany(timeout_ms=200)).values():
+            for tp, records in (await consumer.getmany(timeout_ms=200)).items():
                 now = time.perf_counter()
+                wall = time.time()
                 for r in records:
-                    if (key := done_id(r.value)) is not None:
+                    if trace is not None:
+                        trace.record(tp.topic, r.value, r.timestamp)
+                    if tp.topic == topic and (key := done_id(r.value)) is not None:
                         done.setdefault(key, now)
+                        if trace is not None:
+                            trace.received.setdefault(key, wall)
 
     reader = asyncio.create_task(receive())
     async with aiohttp.ClientSession() as http:
         async def one() -> None:
+            posted = time.time()
             async with http.post(url, data=body, headers=headers) as resp:
                 data = await resp.json()
                 accepted[data["id"]] = time.perf_counter()
+                if trace is not None:
+                    trace.posted[data["id"]] = posted
+                    trace.answered[data["id"]] = time.time()
 
         started = time.perf_counter()
         posts = []
@@ -133,21 +221,32 @@ def _approved_video(value: bytes) -> str | None:
     return str(event["video"]["id"]) if event["event_type"] == "video.approved" else None
 
 
-async def pipeline(api_url: str, key: str, character: str, bootstrap: str, rate: int
-                   ) -> dict[str, Any]:
+async def pipeline(api_url: str, key: str, character: str, bootstrap: str, rate: int,
+                   trace: Trace | None = None) -> dict[str, Any]:
     """202 -> `video.approved` for sandbox videos of an autopilot character."""
     body = json.dumps({"character_id": character, "scene_description": SCENE,
                        "duration_seconds": 5}).encode()
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     result = await timed_load(f"{api_url}/v1/videos", body, headers, bootstrap,
-                              "influgen.video.completed.v1", _approved_video, rate)
+                              TOPIC_COMPLETED, _approved_video, rate, trace=trace)
     return {"rate": rate, **result}
+
+
+def traced_run(stack: Stack, key: str, character: str, rate: int) -> dict[str, Any]:
+    """A run of its own at `rate` with a `Trace`: where each video's time goes."""
+    trace = Trace()
+    result = asyncio.run(pipeline(stack.api_url, key, character, stack.bootstrap, rate,
+                                  trace=trace))
+    db = asyncio.run(_db_instants(stack.database_url, list(trace.received)))
+    return {"rate": rate, "p50_ms": result["p50_ms"], "p99_ms": result["p99_ms"],
+            **stages(trace, db)}
 
 
 def run() -> dict[str, Any]:
     runs = []
     floor: list[dict[str, Any]] = []
     idle: list[dict[str, Any]] = []
+    way: dict[str, Any] = {"stages": []}
     for wait in FETCH_WAITS:
         env = {"INFLUGEN_RATE_LIMIT_PER_SECOND": "0", "INFLUGEN_LOG_LEVEL": "WARNING",
                "INFLUGEN_KAFKA_FETCH_MAX_WAIT_MS": str(wait)}
@@ -188,6 +287,7 @@ def run() -> dict[str, Any]:
                       f"{baseline['p50_ms']} ms p99 {baseline['p99_ms']} ms")
             if wait == FETCH_MAX_WAIT_MS:  # the floor, at the services' default wait
                 floor = floor_pipeline(stack, RATES)
+                way = traced_run(stack, ws["api_key"], character, TRACED_RATE)
     for run_ in runs:
         if run_["fetch_max_wait_ms"] == FETCH_MAX_WAIT_MS:
             same = next(f for f in floor if f["rate"] == run_["rate"])
@@ -196,7 +296,10 @@ def run() -> dict[str, Any]:
         print(f"pipeline floor {f['rate']}/s: 202->last record p50 {f['p50_ms']} ms p99 "
               f"{f['p99_ms']} ms ({f['completed']}/{f['jobs']}); CPU per job "
               f"{f['cpu_ms_per_job']}")
+    print(f"pipeline stages at {TRACED_RATE} jobs/s (p50 ms): " + ", ".join(
+        f"{s['to']} +{s['p50_ms']}" for s in way["stages"]))
     out = {"runs": runs, "idle": idle, "goal": "p50 <= 30 ms and p99 <= 150 ms at 200 jobs/s",
+           "stages": way,
            "baseline_floor": {"fetch_max_wait_ms": FETCH_MAX_WAIT_MS, "runs": floor},
            "generator_sandbox_slots": GeneratorSettings().provider_concurrency["sandbox"]}
     write_result("pipeline", out)

@@ -47,7 +47,12 @@ def intake(data: dict[str, Any]) -> Any:
 
 
 def pipeline(data: dict[str, Any]) -> Any:
-    fig, ax = plt.subplots(figsize=(9.5, 4.2))
+    way = [s for s in data.get("stages", {}).get("stages", []) if s["p50_ms"] is not None]
+    if way:  # (results before 2026-12-03 have no stages)
+        fig, (ax, st) = plt.subplots(2, 1, figsize=(9.5, 8), height_ratios=(4.2, 3))
+        _stages(st, data["stages"], way)
+    else:
+        fig, ax = plt.subplots(figsize=(9.5, 4.2))
     for i, wait in enumerate(sorted({r["fetch_max_wait_ms"] for r in data["runs"]})):
         runs = [r for r in data["runs"] if r["fetch_max_wait_ms"] == wait]
         x = [r["rate"] for r in runs]
@@ -67,6 +72,18 @@ def pipeline(data: dict[str, Any]) -> Any:
            title="Pipeline overhead (sandbox provider)")
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return fig
+
+
+def _stages(ax: Any, traced: dict[str, Any], way: list[dict[str, Any]]) -> None:
+    labels = [f"{s['from']} -> {s['to']}" for s in way]
+    ys = range(len(way))
+    ax.barh(ys, [s["p90_ms"] for s in way], color="C1", alpha=0.5, label="p90")
+    ax.barh(ys, [s["p50_ms"] for s in way], color="C0", label="p50")
+    ax.set_yticks(list(ys), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set(xlabel="ms", title=f"Where a video's time goes at {traced['rate']} jobs/s "
+           f"({traced['videos']} videos; 202 -> event p50 {traced['p50_ms']} ms)")
+    ax.legend(fontsize=7)
 
 
 def faults(data: dict[str, Any]) -> Any:

@@ -21,7 +21,11 @@ def test_every_result_shape_gets_a_png(tmp_path: Path, monkeypatch: pytest.Monke
         "pipeline": {"machine": MACHINE, "runs": [
             {"fetch_max_wait_ms": 10, "rate": r, "p50_ms": 20.0, "p99_ms": 90.0,
              "baseline_kafka_round_trip": {"p50_ms": 1.0}} for r in (50, 200)],
-            "baseline_floor": {"runs": [{"rate": r, "p50_ms": 9.0} for r in (50, 200)]}},
+            "baseline_floor": {"runs": [{"rate": r, "p50_ms": 9.0} for r in (50, 200)]},
+            "stages": {"rate": 200, "videos": 2000, "p50_ms": 20.0, "stages": [
+                {"from": "posted", "to": "job_event_sent", "p50_ms": 5.0, "p90_ms": 9.0},
+                {"from": "job_event_sent", "to": "accepted", "p50_ms": None,
+                 "p90_ms": None}]}},
         "render": {"machine": MACHINE, "results": [
             {"resolution": "480x854", "preset": "veryfast", "ours_video_seconds_per_second": 15,
              "baseline_video_seconds_per_second": 18}]},
