@@ -17,7 +17,7 @@ from typing import Any
 import psutil
 
 from devstack.proc import free_port
-from devstack.stack import Stack
+from devstack.stack import Stack, call_api
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -131,17 +131,29 @@ def write_result(name: str, data: dict[str, Any], path: Path | None = None) -> P
 
 
 @contextmanager
-def bench_stack(extra_env: dict[str, str] | None = None) -> Iterator[Stack]:
+def bench_stack(extra_env: dict[str, str] | None = None,
+                pg_settings: dict[str, str] | None = None) -> Iterator[Stack]:
     """A whole stack of its own (PostgreSQL, Kafka, three services) in a temporary directory."""
     run_dir = Path(tempfile.mkdtemp(prefix="influgen-bench-"))
     stack = Stack(run_dir, api_port=free_port(), pg_port=free_port(), kafka_port=free_port(),
-                  kafka_controller_port=free_port(), extra_env=extra_env)
+                  kafka_controller_port=free_port(), extra_env=extra_env,
+                  pg_settings=pg_settings)
     try:
         stack.up()
         yield stack
     finally:
         stack.down()
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def sandbox_character(stack: Stack) -> tuple[str, str]:
+    """A sandbox workspace with credits for any load, and an autopilot character in it: its
+    API key and the character's id."""
+    workspace = call_api("POST", f"{stack.api_url}/v1/admin/workspaces", stack.admin_token,
+                         {"name": "bench", "credits": 1_000_000_000, "sandbox": True})
+    character = call_api("POST", f"{stack.api_url}/v1/characters", workspace["api_key"],
+                         {"name": "Bench", "review_mode": "autopilot"})
+    return workspace["api_key"], character["id"]
 
 
 def rss_mb(pid: int, children: bool = True) -> float:

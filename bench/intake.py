@@ -20,13 +20,14 @@ from bench.common import (
     bench_stack,
     cpu_seconds,
     cpu_spent,
+    sandbox_character,
     service_rss_mb,
     settle,
     write_result,
 )
 from bench.load import Target, attack
 from devstack.proc import free_port, terminate
-from devstack.stack import Stack, call_api
+from devstack.stack import Stack
 
 #: 100/s is below what the whole stack sustains on 2 cores; the others are the goals' rates.
 RATES = (100, 250, 500, 1000)
@@ -136,14 +137,11 @@ def intake_alone(stack: Stack, target: Target) -> tuple[dict[str, Any], dict[str
 def run() -> dict[str, Any]:
     env = {"INFLUGEN_RATE_LIMIT_PER_SECOND": "0", "INFLUGEN_LOG_LEVEL": "WARNING"}
     with bench_stack(env) as stack:
-        ws = call_api("POST", f"{stack.api_url}/v1/admin/workspaces", stack.admin_token,
-                   {"name": "bench", "credits": 1_000_000_000, "sandbox": True})
-        character = call_api("POST", f"{stack.api_url}/v1/characters", ws["api_key"],
-                          {"name": "Bench", "review_mode": "autopilot"})
-        body = json.dumps({"character_id": character["id"], "scene_description": SCENE,
+        key, character = sandbox_character(stack)
+        body = json.dumps({"character_id": character, "scene_description": SCENE,
                            "duration_seconds": 5}).encode()
         target = Target("POST", f"{stack.api_url}/v1/videos", body, {
-            "Authorization": f"Bearer {ws['api_key']}", "Content-Type": "application/json"})
+            "Authorization": f"Bearer {key}", "Content-Type": "application/json"})
         time.sleep(2)
         idle = service_rss_mb(stack)
         attack(target, rate=100, seconds=3, ok=202)  # warm-up

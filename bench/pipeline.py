@@ -20,9 +20,16 @@ import aiohttp
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from bench.common import bench_stack, cpu_seconds, cpu_spent, settle, write_result
+from bench.common import (
+    bench_stack,
+    cpu_seconds,
+    cpu_spent,
+    sandbox_character,
+    settle,
+    write_result,
+)
 from bench.floor import FETCH_MAX_WAIT_MS, floor_pipeline
-from devstack.stack import Stack, call_api
+from devstack.stack import Stack
 from services.generator.settings import GeneratorSettings
 from shared.events import TOPIC_COMPLETED, TOPIC_GENERATED, TOPIC_JOBS
 from shared.kafka import topic_partitions
@@ -222,13 +229,13 @@ def _approved_video(value: bytes) -> str | None:
 
 
 async def pipeline(api_url: str, key: str, character: str, bootstrap: str, rate: int,
-                   trace: Trace | None = None) -> dict[str, Any]:
+                   trace: Trace | None = None, seconds: float = SECONDS) -> dict[str, Any]:
     """202 -> `video.approved` for sandbox videos of an autopilot character."""
     body = json.dumps({"character_id": character, "scene_description": SCENE,
                        "duration_seconds": 5}).encode()
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     result = await timed_load(f"{api_url}/v1/videos", body, headers, bootstrap,
-                              TOPIC_COMPLETED, _approved_video, rate, trace=trace)
+                              TOPIC_COMPLETED, _approved_video, rate, seconds, trace)
     return {"rate": rate, **result}
 
 
@@ -251,14 +258,11 @@ def run() -> dict[str, Any]:
         env = {"INFLUGEN_RATE_LIMIT_PER_SECOND": "0", "INFLUGEN_LOG_LEVEL": "WARNING",
                "INFLUGEN_KAFKA_FETCH_MAX_WAIT_MS": str(wait)}
         with bench_stack(env) as stack:
-            ws = call_api("POST", f"{stack.api_url}/v1/admin/workspaces", stack.admin_token,
-                       {"name": "bench", "credits": 10**9, "sandbox": True})
-            character = call_api("POST", f"{stack.api_url}/v1/characters", ws["api_key"],
-                              {"name": "Bench", "review_mode": "autopilot"})["id"]
+            key, character = sandbox_character(stack)
             # Warm-up (results dropped): a thousand jobs, so that the broker's JIT compiler
             # and the database's caches are warm, then a wait until the compiler is done
             # with what the warm-up gave it; the figures are of the steady state.
-            asyncio.run(pipeline(stack.api_url, ws["api_key"], character, stack.bootstrap,
+            asyncio.run(pipeline(stack.api_url, key, character, stack.bootstrap,
                                  WARM_UP_RATE))
             settled = settle(stack)
             before = cpu_seconds(stack)
@@ -272,7 +276,7 @@ def run() -> dict[str, Any]:
             for rate in RATES:
                 baseline = asyncio.run(round_trip(stack.bootstrap, rate))
                 before = cpu_seconds(stack)
-                result = asyncio.run(pipeline(stack.api_url, ws["api_key"], character,
+                result = asyncio.run(pipeline(stack.api_url, key, character,
                                               stack.bootstrap, rate))
                 after = cpu_seconds(stack)
                 cpu = cpu_spent(before, after, scale=1000 / result["jobs"])
@@ -287,7 +291,7 @@ def run() -> dict[str, Any]:
                       f"{baseline['p50_ms']} ms p99 {baseline['p99_ms']} ms")
             if wait == FETCH_MAX_WAIT_MS:  # the floor, at the services' default wait
                 floor = floor_pipeline(stack, RATES)
-                way = traced_run(stack, ws["api_key"], character, TRACED_RATE)
+                way = traced_run(stack, key, character, TRACED_RATE)
     for run_ in runs:
         if run_["fetch_max_wait_ms"] == FETCH_MAX_WAIT_MS:
             same = next(f for f in floor if f["rate"] == run_["rate"])

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from devstack.proc import pid_alive, port_open
@@ -62,6 +62,8 @@ class EmbeddedPostgres:
     base_dir: Path
     port: int
     fsync: bool = True
+    #: further server settings (`-c name=value`), such as `shared_preload_libraries`
+    settings: dict[str, str] = field(default_factory=dict)
 
     @property
     def data_dir(self) -> Path:
@@ -120,6 +122,7 @@ class EmbeddedPostgres:
                 f"-c fsync={'on' if self.fsync else 'off'} "
                 f"-c synchronous_commit={'on' if self.fsync else 'off'} "
                 f"-c full_page_writes={'on' if self.fsync else 'off'}"
+                + "".join(f" -c {name}={value}" for name, value in self.settings.items())
             )
             self._cmd(
                 [_bin("pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_file),
@@ -158,6 +161,15 @@ class EmbeddedPostgres:
                  DATABASE],
                 user,
             )
+
+    def run_tool(self, name: str, *args: str) -> str:
+        """Run one of the server's programs (`pg_waldump`, ...) as the server's user, which
+        owns the data directory; its standard output."""
+        result = subprocess.run([_bin(name), *args], user=_run_as(), capture_output=True,
+                                text=True, timeout=120, check=False)
+        if result.returncode != 0:
+            raise RuntimeError(f"{name} failed ({result.returncode}): {result.stderr[-2000:]}")
+        return result.stdout
 
     def stop(self, mode: str = "fast") -> None:
         if self.pid() is None:

@@ -36,15 +36,17 @@ class Stack:
                  kafka_port: int = 9092, kafka_controller_port: int = 9093,
                  pg_fsync: bool = True, extra_env: dict[str, str] | None = None,
                  database_url: str | None = None, bootstrap_servers: str | None = None,
-                 topic_partitions: int = 6) -> None:
-        """`database_url` / `bootstrap_servers`: existing servers to use instead of local ones."""
+                 topic_partitions: int = 6, pg_settings: dict[str, str] | None = None) -> None:
+        """`database_url` / `bootstrap_servers`: existing servers to use instead of local ones;
+        `pg_settings`: further settings of the local PostgreSQL server."""
         self.run = run_dir
         self.pids = run_dir / "pids"
         self.logs = run_dir / "logs"
         self.api_port = api_port
         self.external_db = database_url
         self.external_kafka = bootstrap_servers
-        self.postgres = EmbeddedPostgres(run_dir / "postgres", pg_port, fsync=pg_fsync)
+        self.postgres = EmbeddedPostgres(run_dir / "postgres", pg_port, fsync=pg_fsync,
+                                         settings=pg_settings or {})
         self.kafka = LocalKafka(run_dir / "kafka", kafka_port, kafka_controller_port,
                                 pid_path=self.pids / "kafka.pid")
         self.extra_env = extra_env or {}
