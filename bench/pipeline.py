@@ -176,7 +176,7 @@ async def timed_load(url: str, body: bytes, headers: dict[str, str], bootstrap: 
     record on `topic` for which `done_id` gives that id. With `trace`, also note each
     video's instants there, and read the pipeline's other topics for theirs (which costs
     the load generator more CPU, on the cores the stack runs on)."""
-    watched = TRACED_TOPICS if trace is not None else (topic,)
+    watched = (topic,) if trace is None else tuple(dict.fromkeys((topic, *TRACED_TOPICS)))
     consumer = await _consumer(bootstrap, *watched)
     accepted: dict[str, float] = {}
     done: dict[str, float] = {}

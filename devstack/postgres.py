@@ -10,6 +10,7 @@ way the wheel itself does it.
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -122,7 +123,9 @@ class EmbeddedPostgres:
                 f"-c fsync={'on' if self.fsync else 'off'} "
                 f"-c synchronous_commit={'on' if self.fsync else 'off'} "
                 f"-c full_page_writes={'on' if self.fsync else 'off'}"
-                + "".join(f" -c {name}={value}" for name, value in self.settings.items())
+                # (pg_ctl hands the options to a shell)
+                + "".join(f" -c {shlex.quote(f'{name}={value}')}"
+                          for name, value in self.settings.items())
             )
             self._cmd(
                 [_bin("pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_file),
