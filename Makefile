@@ -60,7 +60,7 @@ bench: $(STAMP)
 	@bash deploy/kafka/fetch.sh >/dev/null
 	$(PY) -m bench
 
-## where the pipeline's work goes at 200 videos/s: CPU, statements, WAL, py-spy (about 2 minutes)
+## where the pipeline's work goes at 200 videos/s: CPU, statements, WAL, py-spy (about 3 minutes)
 profile: $(STAMP)
 	@bash deploy/kafka/fetch.sh >/dev/null
 	$(PY) -m bench.profile $(ARGS)

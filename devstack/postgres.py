@@ -63,7 +63,8 @@ class EmbeddedPostgres:
     base_dir: Path
     port: int
     fsync: bool = True
-    #: further server settings (`-c name=value`), such as `shared_preload_libraries`
+    #: further server settings (`-c name=value`), such as `shared_preload_libraries`, for a
+    #: server this starts (one already running keeps its own)
     settings: dict[str, str] = field(default_factory=dict)
 
     @property
