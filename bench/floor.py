@@ -187,8 +187,8 @@ def floor_pipeline(stack: Stack, rates: tuple[int, ...]) -> list[dict[str, Any]]
     return results
 
 
-def _row_id(value: bytes) -> str:
-    return str(json.loads(value)["id"])
+def _row_id(value: dict[str, Any]) -> str:
+    return str(value["id"])
 
 
 def main(argv: list[str]) -> None:

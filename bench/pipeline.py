@@ -60,8 +60,8 @@ class Trace:
     received: dict[str, float] = field(default_factory=dict)
     sent: dict[str, dict[str, float]] = field(default_factory=dict)
 
-    def record(self, topic: str, value: bytes, timestamp_ms: int) -> None:
-        video = json.loads(value).get("correlation_id")
+    def record(self, topic: str, event: dict[str, Any], timestamp_ms: int) -> None:
+        video = event.get("correlation_id")
         if video is not None:
             self.sent.setdefault(topic, {}).setdefault(video, timestamp_ms / 1000)
 
@@ -169,11 +169,12 @@ async def round_trip(bootstrap: str, rate: int) -> dict[str, Any]:
 
 
 async def timed_load(url: str, body: bytes, headers: dict[str, str], bootstrap: str,
-                     topic: str, done_id: Callable[[bytes], str | None], rate: int,
+                     topic: str, done_id: Callable[[Any], str | None], rate: int,
                      seconds: float = SECONDS, trace: Trace | None = None) -> dict[str, Any]:
     """POST `body` to `url` `rate` times a second for `seconds` (an open model: each request
     starts on schedule) and time each from its 202 (whose JSON names an `id`) to the first
-    record on `topic` for which `done_id` gives that id. With `trace`, also note each
+    record on `topic` for which `done_id` (given the record's JSON, decoded once) gives that
+    id. With `trace`, also note each
     video's instants there, and read the pipeline's other topics for theirs (which costs
     the load generator more CPU, on the cores the stack runs on)."""
     watched = (topic,) if trace is None else tuple(dict.fromkeys((topic, *TRACED_TOPICS)))
@@ -188,9 +189,10 @@ async def timed_load(url: str, body: bytes, headers: dict[str, str], bootstrap: 
                 now = time.perf_counter()
                 wall = time.time()
                 for r in records:
+                    value = json.loads(r.value)
                     if trace is not None:
-                        trace.record(tp.topic, r.value, r.timestamp)
-                    if tp.topic == topic and (key := done_id(r.value)) is not None:
+                        trace.record(tp.topic, value, r.timestamp)
+                    if tp.topic == topic and (key := done_id(value)) is not None:
                         done.setdefault(key, now)
                         if trace is not None:
                             trace.received.setdefault(key, wall)
@@ -223,8 +225,7 @@ async def timed_load(url: str, body: bytes, headers: dict[str, str], bootstrap: 
             "mean_ms": round(statistics.fmean(latencies), 1)}
 
 
-def _approved_video(value: bytes) -> str | None:
-    event = json.loads(value)
+def _approved_video(event: dict[str, Any]) -> str | None:
     return str(event["video"]["id"]) if event["event_type"] == "video.approved" else None
 
 

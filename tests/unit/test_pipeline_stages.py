@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 from bench.pipeline import WAY, Trace, stages
 from shared.events import TOPIC_COMPLETED, TOPIC_GENERATED, TOPIC_JOBS
 
 
-def _event(video: str) -> bytes:
-    return json.dumps({"correlation_id": video, "event_type": "x"}).encode()
+def _event(video: str) -> dict[str, str]:
+    return {"correlation_id": video, "event_type": "x"}
 
 
 def _trace(videos: dict[str, float]) -> Trace:
@@ -53,7 +51,7 @@ def test_the_first_record_of_a_video_on_a_topic_counts() -> None:
     trace = Trace()
     trace.record(TOPIC_JOBS, _event("a"), 5_000)
     trace.record(TOPIC_JOBS, _event("a"), 9_000)  # the same event again, redelivered
-    trace.record(TOPIC_JOBS, json.dumps({"no": "id"}).encode(), 6_000)
+    trace.record(TOPIC_JOBS, {"no": "id"}, 6_000)
     assert trace.sent == {TOPIC_JOBS: {"a": 5.0}}
 
 
