@@ -47,7 +47,10 @@ from bench.pipeline import WARM_UP_RATE, pipeline
 from devstack.stack import SERVICES, Stack
 
 PG_SETTINGS = {"shared_preload_libraries": "pg_stat_statements",
-               "pg_stat_statements.track": "all"}
+               "pg_stat_statements.track": "all",
+               # planning counted apart from execution: a statement planned on every call
+               # (a custom plan each time) pays for it in the server's CPU
+               "pg_stat_statements.track_planning": "on"}
 SAMPLES_PER_SECOND = 200
 #: PostgreSQL's `PGSTAT_IDLE_INTERVAL` (10 s), and a second more
 STATS_FLUSH_SECONDS = 11.0
@@ -106,10 +109,10 @@ async def _database(dsn: str, *, reset: bool) -> dict[str, Any]:
             "wal": dict(wal),
             "lsn": await conn.fetchval("SELECT pg_current_wal_insert_lsn()::text"),
             "statements": [] if reset else [dict(r) for r in await conn.fetch(
-                "SELECT calls, rows, total_exec_time,"
+                "SELECT calls, plans, rows, total_exec_time, total_plan_time,"
                 " left(regexp_replace(query, '\\s+', ' ', 'g'), 200) AS query"
                 " FROM pg_stat_statements WHERE query NOT LIKE '%pg_stat_statements%'"
-                " ORDER BY total_exec_time DESC LIMIT $1", TOP)],
+                " ORDER BY total_exec_time + total_plan_time DESC LIMIT $1", TOP)],
         }
     finally:
         await conn.close()
@@ -124,7 +127,9 @@ def _per_video(before: dict[str, Any], after: dict[str, Any], videos: int,
         "statements": [
             {"calls": round(s["calls"] / videos, 3),
              "rows_per_call": round(s["rows"] / max(s["calls"], 1), 1),
-             "exec_ms": round(s["total_exec_time"] / videos, 3), "query": s["query"]}
+             "exec_ms": round(s["total_exec_time"] / videos, 3),
+             "plans_per_call": round(s["plans"] / max(s["calls"], 1), 2),
+             "plan_ms": round(s["total_plan_time"] / videos, 3), "query": s["query"]}
             for s in after["statements"]],
     }
     if wal_stats is not None:
@@ -209,7 +214,8 @@ def _print(out: dict[str, Any]) -> None:
     print(f"PostgreSQL per video: {pg['transactions']} transactions, {pg['wal_records']} WAL "
           f"records, {pg['wal_bytes']} WAL bytes")
     for s in pg["statements"][:10]:
-        print(f"  {s['exec_ms']:7.3f} ms  {s['calls']:6.3f} calls  {s['query'][:100]}")
+        print(f"  {s['exec_ms']:7.3f} ms  {s['plan_ms']:6.3f} ms planning"
+              f" ({s['plans_per_call']:4.2f} a call)  {s['calls']:6.3f} calls  {s['query'][:80]}")
     for kind, n in list(pg.get("wal_records_by_type", {}).items())[:10]:
         print(f"  {n:6.2f}  {kind}")
     for name, profile in out["python"].items():

@@ -64,3 +64,22 @@ def test_no_services_means_no_python_profiles(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(profile, "run", lambda *a: started.append(a))
     assert profile.main(["--services", "", "--rate", "50", "--seconds", "3"]) == 0
     assert started == [(50, 3.0, [])]
+
+
+def test_statements_per_video_with_their_planning() -> None:
+    """Execution and planning apart, per video; how often a call was planned (1.0: on every
+    call, as a statement with a custom plan is)."""
+    statement = {"calls": 50, "plans": 50, "rows": 150, "total_exec_time": 30.0,
+                 "total_plan_time": 25.0, "query": "WITH new AS (...)"}
+    before = {"commits": 1_000, "wal": {"wal_records": 10, "wal_bytes": 100, "wal_fpi": 0},
+              "statements": []}
+    after = {"commits": 1_450, "wal": {"wal_records": 7_010, "wal_bytes": 1_180_100,
+                                       "wal_fpi": 20},
+             "statements": [statement, {**statement, "plans": 1, "total_plan_time": 0.5}]}
+    out = profile._per_video(before, after, 100, wal_stats=None)
+    assert out["transactions"] == 4.5
+    assert (out["wal_records"], out["wal_bytes"], out["wal_fpi"]) == (70.0, 11_800.0, 0.2)
+    assert [(s["calls"], s["rows_per_call"], s["exec_ms"], s["plans_per_call"], s["plan_ms"])
+            for s in out["statements"]] == [(0.5, 3.0, 0.3, 1.0, 0.25),
+                                            (0.5, 3.0, 0.3, 0.02, 0.005)]
+    assert "wal_records_by_type" not in out
