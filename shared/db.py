@@ -51,10 +51,27 @@ async def _keep_session(conn: Conn) -> None:
     still rolls back a transaction left open before this is called."""
 
 
-async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+#: Session settings of a pool whose statements PostgreSQL plans once per connection
+#: (`generic_plans`). By default it plans each of a prepared statement's first five
+#: executions for their arguments, then keeps the plan made without them only if that costs
+#: no more than those did. Arrays of arguments defeat this: for a batch of one to three it
+#: knows the array's length and estimates less than the ten elements it assumes without
+#: them, so it plans on every call. The generator's accept (a CTE of an inbox insert, a
+#: window over the batch, two updates) was planned on every call, 0.6 ms each: as much of
+#: the server's time as executing it (`make profile`, 2026-12-03).
+GENERIC_PLANS = {"plan_cache_mode": "force_generic_plan"}
+
+
+async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10,
+                      generic_plans: bool = False) -> asyncpg.Pool:
+    """A pool of connections with the JSON codecs. With `generic_plans`, every statement
+    is planned once per connection, whatever its arguments (`GENERIC_PLANS`): only for a
+    service whose statements look rows up by key or by indexes that hold what they look for,
+    where the plan does not depend on the arguments' values."""
     pool = await asyncpg.create_pool(
         dsn, min_size=min_size, max_size=max_size, init=_init_connection,
         reset=_keep_session, command_timeout=30,
+        server_settings=GENERIC_PLANS if generic_plans else None,
     )
     assert pool is not None
     return pool

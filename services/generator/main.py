@@ -68,9 +68,10 @@ def build_worker(settings: GeneratorSettings, pool: asyncpg.Pool,
 
 async def serve(settings: GeneratorSettings) -> None:
     await migrate(settings.database_url)
-    pool = await create_pool(
-        settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max
-    )
+    # Its statements find jobs by id or by partial indexes of their states, and the accept
+    # would otherwise be planned again on every call (shared.db.GENERIC_PLANS).
+    pool = await create_pool(settings.database_url, min_size=settings.db_pool_min,
+                             max_size=settings.db_pool_max, generic_plans=True)
     executor = ProcessPoolExecutor(settings.render_processes, mp_context=get_context("spawn"))
     media = LocalMediaStore(settings.media_dir, settings.public_url)
     http = aiohttp.ClientSession()

@@ -19,7 +19,7 @@ from services.api import repository as api_repo
 from services.generator import repository as generator_repo
 from services.generator.consumer import accept_batch
 from shared.catalog import Catalog
-from shared.db import flush_wal
+from shared.db import create_pool, flush_wal
 from shared.events import (
     TOPIC_GENERATED,
     TOPIC_JOBS,
@@ -506,3 +506,27 @@ async def test_a_page_of_queued_videos_has_their_positions_in_one_pass(
         assert sum(v.job.queue_position is None for v in listed) == 5  # submitted
         # About the queue once per page (two here), not once per queued video (19).
         assert entries_read < 3 * queued, (entries_read, queued)
+
+
+async def test_a_pool_with_generic_plans_plans_the_accept_once(pool: asyncpg.Pool,
+                                                         infra: Infra) -> None:
+    """The generator's pool (`generic_plans`) plans its statements once per connection:
+    without it PostgreSQL planned the accept anew on every call, since for a batch of a few
+    jobs the plan made for the arguments always looks cheaper (`shared.db.GENERIC_PLANS`).
+    PostgreSQL counts the plans each prepared statement of a session used."""
+    _, _, events = await queued_jobs(pool, 7)
+    generator_pool = await create_pool(infra.database_url, min_size=1, max_size=1,
+                                       generic_plans=True)
+    try:
+        async with generator_pool.acquire() as conn:
+            for event in events:
+                await generator_repo.accept(conn, consumer="test-plans",
+                                            events=[(event.event_id, event.job)])
+            plans = await conn.fetchrow(
+                "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
+                " WHERE statement LIKE '%INSERT INTO inbox%'"
+                " AND statement NOT LIKE '%pg_prepared_statements%'")  # (not this one)
+    finally:
+        await generator_pool.close()
+    assert plans is not None
+    assert (plans["generic_plans"], plans["custom_plans"]) == (7, 0)
