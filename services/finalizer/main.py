@@ -21,9 +21,10 @@ log = logging.getLogger("influgen.finalizer")
 
 async def serve(settings: FinalizerSettings) -> None:
     await migrate(settings.database_url)
-    pool = await create_pool(
-        settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max
-    )
+    # Its statements look rows up by key; without generic plans PostgreSQL planned its read
+    # of a batch's jobs anew on most calls in some runs (shared.db.GENERIC_PLANS).
+    pool = await create_pool(settings.database_url, min_size=settings.db_pool_min,
+                             max_size=settings.db_pool_max, generic_plans=True)
     broker = make_broker(settings.kafka_bootstrap_servers, "influgen-finalizer")
     publisher = Publisher(pool=pool, bootstrap_servers=settings.kafka_bootstrap_servers)
     consumer.register(broker, pool=pool, catalog=Catalog.load(settings.catalog_path),
