@@ -6,6 +6,8 @@ import asyncio
 import logging
 from datetime import timedelta
 
+import asyncpg
+
 from services.finalizer import consumer
 from services.finalizer.settings import FinalizerSettings
 from services.finalizer.webhooks import WebhookConfig, WebhookSender, http_session
@@ -19,12 +21,17 @@ from shared.runtime import cancel, configure_logging, run, serve_until_stopped
 log = logging.getLogger("influgen.finalizer")
 
 
+async def open_pool(settings: FinalizerSettings) -> asyncpg.Pool:
+    """The service's pool. Its statements look rows up by key; without generic plans
+    PostgreSQL planned its read of a batch's jobs anew on most calls in some runs
+    (`shared.db.GENERIC_PLANS`)."""
+    return await create_pool(settings.database_url, min_size=settings.db_pool_min,
+                             max_size=settings.db_pool_max, generic_plans=True)
+
+
 async def serve(settings: FinalizerSettings) -> None:
     await migrate(settings.database_url)
-    # Its statements look rows up by key; without generic plans PostgreSQL planned its read
-    # of a batch's jobs anew on most calls in some runs (shared.db.GENERIC_PLANS).
-    pool = await create_pool(settings.database_url, min_size=settings.db_pool_min,
-                             max_size=settings.db_pool_max, generic_plans=True)
+    pool = await open_pool(settings)
     broker = make_broker(settings.kafka_bootstrap_servers, "influgen-finalizer")
     publisher = Publisher(pool=pool, bootstrap_servers=settings.kafka_bootstrap_servers)
     consumer.register(broker, pool=pool, catalog=Catalog.load(settings.catalog_path),

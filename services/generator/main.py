@@ -66,12 +66,17 @@ def build_worker(settings: GeneratorSettings, pool: asyncpg.Pool,
     )
 
 
+async def open_pool(settings: GeneratorSettings) -> asyncpg.Pool:
+    """The service's pool. Its statements find jobs by id or by partial indexes of their
+    states, and the accept would otherwise be planned again on every call
+    (`shared.db.GENERIC_PLANS`)."""
+    return await create_pool(settings.database_url, min_size=settings.db_pool_min,
+                             max_size=settings.db_pool_max, generic_plans=True)
+
+
 async def serve(settings: GeneratorSettings) -> None:
     await migrate(settings.database_url)
-    # Its statements find jobs by id or by partial indexes of their states, and the accept
-    # would otherwise be planned again on every call (shared.db.GENERIC_PLANS).
-    pool = await create_pool(settings.database_url, min_size=settings.db_pool_min,
-                             max_size=settings.db_pool_max, generic_plans=True)
+    pool = await open_pool(settings)
     executor = ProcessPoolExecutor(settings.render_processes, mp_context=get_context("spawn"))
     media = LocalMediaStore(settings.media_dir, settings.public_url)
     http = aiohttp.ClientSession()

@@ -16,8 +16,12 @@ import pytest
 
 from services.api import handlers
 from services.api import repository as api_repo
+from services.finalizer import main as finalizer_main
+from services.finalizer.settings import FinalizerSettings
+from services.generator import main as generator_main
 from services.generator import repository as generator_repo
 from services.generator.consumer import accept_batch
+from services.generator.settings import GeneratorSettings
 from shared.catalog import Catalog
 from shared.db import create_pool, flush_wal
 from shared.events import (
@@ -510,7 +514,7 @@ async def test_a_page_of_queued_videos_has_their_positions_in_one_pass(
 
 async def test_a_pool_with_generic_plans_plans_the_accept_once(pool: asyncpg.Pool,
                                                          infra: Infra) -> None:
-    """The generator's pool (`generic_plans`) plans its statements once per connection:
+    """A pool with `generic_plans` plans its statements once per connection:
     without it PostgreSQL planned the accept anew on every call, since for a batch of a few
     jobs the plan made for the arguments always looks cheaper (`shared.db.GENERIC_PLANS`).
     PostgreSQL counts the plans each prepared statement of a session used."""
@@ -530,3 +534,17 @@ async def test_a_pool_with_generic_plans_plans_the_accept_once(pool: asyncpg.Poo
         await generator_pool.close()
     assert plans is not None
     assert (plans["generic_plans"], plans["custom_plans"]) == (7, 0)
+
+
+@pytest.mark.parametrize("open_pool", [generator_main.open_pool, finalizer_main.open_pool],
+                         ids=["generator", "finalizer"])
+async def test_the_consumers_pools_use_generic_plans(open_pool: Any, infra: Infra) -> None:
+    """The generator's and the finalizer's composition roots open their pools with
+    `generic_plans` (the api's keeps PostgreSQL's default)."""
+    settings = (GeneratorSettings if open_pool is generator_main.open_pool
+                else FinalizerSettings)(database_url=infra.database_url)
+    service_pool = await open_pool(settings)
+    try:
+        assert await service_pool.fetchval("SHOW plan_cache_mode") == "force_generic_plan"
+    finally:
+        await service_pool.close()
