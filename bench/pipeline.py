@@ -174,9 +174,9 @@ async def timed_load(url: str, body: bytes, headers: dict[str, str], bootstrap: 
     """POST `body` to `url` `rate` times a second for `seconds` (an open model: each request
     starts on schedule) and time each from its 202 (whose JSON names an `id`) to the first
     record on `topic` for which `done_id` (given the record's JSON, decoded once) gives that
-    id. With `trace`, also note each
-    video's instants there, and read the pipeline's other topics for theirs (which costs
-    the load generator more CPU, on the cores the stack runs on)."""
+    id. With `trace`, also note each video's instants there, and read the pipeline's other
+    topics for theirs (which costs the load generator more CPU, on the cores the stack runs
+    on)."""
     watched = (topic,) if trace is None else tuple(dict.fromkeys((topic, *TRACED_TOPICS)))
     consumer = await _consumer(bootstrap, *watched)
     accepted: dict[str, float] = {}

@@ -536,14 +536,14 @@ async def test_a_pool_with_generic_plans_plans_the_accept_once(pool: asyncpg.Poo
     assert (plans["generic_plans"], plans["custom_plans"]) == (7, 0)
 
 
-@pytest.mark.parametrize("open_pool", [generator_main.open_pool, finalizer_main.open_pool],
-                         ids=["generator", "finalizer"])
-async def test_the_consumers_pools_use_generic_plans(open_pool: Any, infra: Infra) -> None:
+@pytest.mark.parametrize(("open_pool", "settings_of"), [
+    (generator_main.open_pool, GeneratorSettings), (finalizer_main.open_pool, FinalizerSettings)],
+    ids=["generator", "finalizer"])
+async def test_the_consumers_pools_use_generic_plans(open_pool: Any, settings_of: Any,
+                                                     infra: Infra) -> None:
     """The generator's and the finalizer's composition roots open their pools with
     `generic_plans` (the api's keeps PostgreSQL's default)."""
-    settings = (GeneratorSettings if open_pool is generator_main.open_pool
-                else FinalizerSettings)(database_url=infra.database_url)
-    service_pool = await open_pool(settings)
+    service_pool = await open_pool(settings_of(database_url=infra.database_url))
     try:
         assert await service_pool.fetchval("SHOW plan_cache_mode") == "force_generic_plan"
     finally:
